@@ -1,0 +1,1 @@
+"""Curation stages, human review and the versioned dataset store."""

@@ -1,0 +1,1 @@
+"""Teachers and generation tasks: seeds in, raw generation shards out."""

@@ -1,0 +1,1 @@
+"""Generation tasks: records in, teacher requests out, generations back into records."""

@@ -1,0 +1,1 @@
+"""Teacher backends (one file each) and the machinery they share."""

@@ -1,0 +1,140 @@
+import json
+
+import polars as pl
+import pytest
+
+from curation.store import DatasetStore
+from factory.errors import ConfigError
+from stillhouse.config import RunConfig, load_run_config
+
+GOOD = """\
+name: tickets
+seeds:
+  path: seeds.jsonl
+  columns:
+    instruction: text
+publish:
+  name: tickets
+"""
+
+
+def write(tmp_path, text, name="run.yaml"):
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def test_good_config_loads(tmp_path):
+    config = load_run_config(write(tmp_path, GOOD))
+    assert config.seeds.columns.instruction == "text"
+    assert config.publish.root.name == "datasets_out"
+
+
+def test_unknown_key_is_rejected_with_its_line(tmp_path):
+    text = GOOD.replace("    instruction: text\n", "    instruction: text\n    instrution: typo\n")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_run_config(path)
+    assert str(error.value) == f"{path}:6: unknown key 'instrution' (at seeds.columns.instrution)"
+
+
+def test_wrong_value_names_line_and_key(tmp_path):
+    path = write(tmp_path, GOOD.replace("  name: tickets\n", "  name: bad/name\n"))
+    with pytest.raises(ConfigError, match=r"run.yaml:7: publish.name: Value error, letters, digits"):
+        load_run_config(path)
+
+
+def test_missing_section_is_named(tmp_path):
+    path = write(tmp_path, "name: x\nseeds:\n  path: s.jsonl\n")
+    with pytest.raises(ConfigError, match="publish: Field required"):
+        load_run_config(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("name: [unclosed\n", r"run.yaml:2:1: invalid YAML"),
+        ("", "config file is empty"),
+        (b"name: caf\xe9\n", r"run.yaml:1: not UTF-8 text \(byte 0xe9\)"),
+        ("- a\n- b\n", "expected a mapping"),
+    ],
+)
+def test_broken_files_give_one_clear_error(tmp_path, content, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(write(tmp_path, content))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_run_config(tmp_path / "nope.yaml")
+
+
+def test_cli_version_and_help(run_cli):
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.startswith("stillhouse ")
+    for args in (["--help"], ["datasets", "--help"], ["datasets", "diff", "--help"], ["config", "schema", "--help"]):
+        code, out, _ = run_cli(*args)
+        assert code == 0 and "Usage" in out
+
+
+def test_cli_config_schema_is_json_schema(run_cli):
+    code, out, _ = run_cli("config", "schema")
+    schema = json.loads(out)
+    assert code == 0
+    assert schema["title"] == RunConfig.__name__
+    assert schema["additionalProperties"] is False
+
+
+def test_cli_config_validate_reports_line(run_cli, tmp_path):
+    path = write(tmp_path, GOOD + "extra: 1\n")
+    code, _, err = run_cli("config", "validate", path)
+    assert code == 1
+    assert "run.yaml:8: unknown key 'extra'" in err
+    assert "Traceback" not in err
+
+
+def _publish_two(root):
+    frame = pl.DataFrame({"id": ["a", "b"], "instruction": ["x", "y"], "input": ["", ""], "origin": ["seed", "seed"]})
+    store = DatasetStore(root)
+    store.publish("demo", frame)
+    store.publish("demo", frame.with_columns(instruction=pl.lit("z")), parent="demo@v1")
+
+
+def test_cli_datasets_commands(run_cli, tmp_path):
+    _publish_two(tmp_path)
+    code, out, _ = run_cli("datasets", "list", "--root", tmp_path)
+    assert code == 0 and "demo@v2" in out
+    code, out, _ = run_cli("datasets", "show", "demo@v2", "--root", tmp_path)
+    assert code == 0 and "parent: demo@v1" in out and "2 kept" in out
+    code, out, _ = run_cli("datasets", "verify", "demo@latest", "--root", tmp_path)
+    assert code == 0 and "demo@v2: OK" in out
+    code, out, _ = run_cli("datasets", "diff", "demo@v1", "demo@v2", "--root", tmp_path, "--json")
+    assert code == 0 and json.loads(out)["changed"] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["datasets", "show", "nope"], "unknown dataset 'nope'"),
+        (["datasets", "show", "demo@v7"], "unknown version demo@v7"),
+        (["datasets", "verify", "demo@v1"], "data.parquet does not match the sha256"),
+        (["datasets", "show", "demo@v2"], "manifest.json is malformed"),
+    ],
+)
+def test_cli_errors_are_one_line(run_cli, tmp_path, args, message):
+    _publish_two(tmp_path)
+    data = tmp_path / "demo" / "v1" / "data.parquet"
+    data.chmod(0o644)
+    data.write_bytes(data.read_bytes() + b"x")
+    manifest = tmp_path / "demo" / "v2" / "manifest.json"
+    manifest.chmod(0o644)
+    manifest.write_text("{")
+    code, out, err = run_cli(*args, "--root", tmp_path)
+    assert code == 1
+    assert message in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_cli_missing_root(run_cli, tmp_path):
+    code, _, err = run_cli("datasets", "list", "--root", tmp_path / "nowhere")
+    assert code == 1 and "does not exist" in err

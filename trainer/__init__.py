@@ -1,0 +1,1 @@
+"""Student training: SFT, distillation losses, evaluation and export."""
