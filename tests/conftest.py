@@ -40,3 +40,11 @@ def run_cli(capsys, monkeypatch):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """Path to a tiny random Llama + tokenizer built for this test session."""
+    from fixtures.tiny_lm import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
