@@ -18,6 +18,9 @@ from curation.funnel import funnel_table_rows
 from curation.store import DatasetStore
 from factory.errors import StillhouseError
 from stillhouse import __version__
+from stillhouse.cli_review import review_app
+from stillhouse.cli_run import run_command, runs_app
+from stillhouse.cli_train import eval_command, train_command
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,6 +36,11 @@ datasets_app = typer.Typer(help="Inspect published dataset versions.", no_args_i
 config_app = typer.Typer(help="Validate run configs and print their JSON schema.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(config_app, name="config")
+app.command("run")(run_command)
+app.add_typer(runs_app, name="runs")
+app.add_typer(review_app, name="review")
+app.command("train")(train_command)
+app.command("eval")(eval_command)
 
 RootOption = Annotated[
     Optional[Path],

@@ -10,13 +10,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from curation.config import StageConfig
+from curation.review import ReviewConfig
+from factory.schema import canonical_json
+from factory.tasks.config import TaskConfig
+from factory.teachers.config import TeacherConfig
 from stillhouse.yaml_config import load_config
+from trainer.config import TrainConfig
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def relative_to_config(path: Path, info: ValidationInfo) -> Path:
+    """Data files named in a config are found relative to the config file."""
+    config_dir = (info.context or {}).get("config_dir")
+    return path if path.is_absolute() or config_dir is None else Path(config_dir) / path
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    return path
 
 
 class ColumnMapping(StrictModel):
@@ -34,7 +52,48 @@ class SeedsConfig(StrictModel):
         None, description="File format; inferred from the extension when omitted."
     )
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    instruction: str | None = Field(
+        None, description="A constant instruction for every seed (classification pools carry only the input text)."
+    )
     limit: int | None = Field(None, gt=0, description="Use only the first N seeds.")
+
+    @field_validator("path")
+    @classmethod
+    def _seed_file_exists(cls, path: Path, info: ValidationInfo) -> Path:
+        return require_file(relative_to_config(path, info), "seed file")
+
+
+class TeacherTrainingConfig(StrictModel):
+    """Build the classifier teacher (MiniLM encoder + a trained head) from labelled examples."""
+
+    data: Path = Field(description="JSONL/CSV of labelled examples, relative to the config file.")
+    text_column: str = "text"
+    label_column: str = "label"
+    epochs: int = Field(200, gt=0)
+    seed: int = 0
+
+    @field_validator("data")
+    @classmethod
+    def _data_exists(cls, path: Path, info: ValidationInfo) -> Path:
+        return require_file(relative_to_config(path, info), "teacher training file")
+
+
+class RunTrainConfig(TrainConfig):
+    """`train` of a run config: the dataset is the version the run publishes."""
+
+    dataset: str | None = Field(None, description="Filled by the run with the version it published.")
+    output_dir: Path | None = Field(None, description="Default: runs/<name>/student.")
+
+
+class EvalConfig(StrictModel):
+    test: Path = Field(description="Human-labelled test set (JSONL/CSV with text and label), relative to the config.")
+    hourly_usd: float = Field(0.10, ge=0, description="Price of the CPU machine serving the student, per hour.")
+    teacher_hourly_usd: float | None = Field(None, ge=0, description="Price of the teacher's machine, if different.")
+
+    @field_validator("test")
+    @classmethod
+    def _test_exists(cls, path: Path, info: ValidationInfo) -> Path:
+        return require_file(relative_to_config(path, info), "test file")
 
 
 class PublishConfig(StrictModel):
@@ -55,9 +114,38 @@ class PublishConfig(StrictModel):
 class RunConfig(StrictModel):
     """A Stillhouse run: seeds -> tasks -> curation -> review -> publish -> train."""
 
-    name: str = Field(description="Run name: its state lives in runs/<name>/.")
+    name: str = Field(description="Run name: its state lives in <run_dir>/<name>/.")
+    run_dir: Path = Field(Path("runs"), description="Where run states, shards and caches live.")
     seeds: SeedsConfig
+    teacher: TeacherConfig | None = None
+    teacher_training: TeacherTrainingConfig | None = None
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    curation: list[StageConfig] = Field(default_factory=list)
     publish: PublishConfig
+    review: ReviewConfig | None = None
+    train: RunTrainConfig | None = None
+    eval: EvalConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _run_name_is_valid(cls, name: str) -> str:
+        return PublishConfig._name_is_valid(name)
+
+    def teacher_fingerprint(self) -> str:
+        """What about the teacher changes its answers (not concurrency, limits or budget)."""
+        if self.teacher is None:
+            return ""
+        operational = {"concurrency", "rpm", "tpm", "max_retries", "timeout_s", "budget", "prices", "cache"}
+        return canonical_json(self.teacher.model_dump(mode="json", exclude=operational))
+
+    @model_validator(mode="after")
+    def _sections_fit_together(self) -> RunConfig:
+        needs_teacher = bool(self.tasks) or any(getattr(stage, "stage", "") == "judge" for stage in self.curation)
+        if needs_teacher and self.teacher is None:
+            raise ValueError("tasks and the judge stage need a `teacher` section")
+        if self.eval is not None and self.train is None:
+            raise ValueError("`eval` evaluates the trained student: add a `train` section")
+        return self
 
 
 def load_run_config(path: Path | str) -> RunConfig:

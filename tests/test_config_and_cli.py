@@ -19,6 +19,7 @@ publish:
 
 
 def write(tmp_path, text, name="run.yaml"):
+    (tmp_path / "seeds.jsonl").write_text('{"text": "Say hello to a new customer."}\n')
     path = tmp_path / name
     path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
     return path

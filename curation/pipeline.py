@@ -1,0 +1,49 @@
+"""Run curation stages in order and report the funnel: rows in, dropped per stage and reason, rows out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from curation.funnel import Funnel, funnel_from_frame, funnel_table_rows
+from curation.stages.base import Stage, with_drop_columns
+
+
+def run_stages(
+    frame: pl.DataFrame, stages: Sequence[Stage], console: Console | None = None
+) -> tuple[pl.DataFrame, Funnel]:
+    """Apply every stage in order; print the funnel as a table; return the frame (no row removed) and funnel."""
+    names = [stage.name for stage in stages]
+    if len(set(names)) != len(names):
+        from factory.errors import ConfigError
+
+        raise ConfigError(f"curation stage names must be unique (got {names}); set `name:` on repeated stages")
+    console = console or Console(stderr=True)
+    frame = with_drop_columns(frame)
+    notes: list[str] = []
+    for stage in stages:
+        with console.status(f"curation: {stage.name}"):
+            frame = stage.apply(frame)
+        notes.extend(stage.notes)
+    funnel = funnel_from_frame(frame, stages=names)
+    console.print(funnel_table(funnel))
+    for note in notes:
+        console.print(f"  {note}")
+    return frame, funnel
+
+
+def funnel_table(funnel: Funnel) -> Table:
+    table = Table(title="Curation funnel")
+    for column, justify in (
+        ("stage", "left"),
+        ("rows in", "right"),
+        ("dropped (reason count)", "left"),
+        ("rows out", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    for row in funnel_table_rows(funnel):
+        table.add_row(*row)
+    return table

@@ -1,0 +1,173 @@
+"""The stage contract: score columns in, `drop_stage`/`drop_reason` set on rejected rows, nothing deleted.
+
+A stage only judges rows no earlier stage dropped: a dropped row keeps its first
+reason. Shared pieces used by several stages (keep-best ordering, union-find) live
+here too, once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import polars as pl
+
+from factory.errors import StillhouseError
+
+DROP_COLUMNS = ("drop_stage", "drop_reason")
+DEFAULT_KEEP_ORDER = ("judge_score", "consistency", "length")
+
+
+class StageInputError(StillhouseError):
+    """A frame lacks a column a stage needs (or has it in an unusable type)."""
+
+
+class Stage(ABC):
+    """One curation filter. Subclasses set `required_columns` and implement `score`."""
+
+    name: str = "stage"
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []  # things the funnel table should tell the user (e.g. unparsed judge replies)
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return ()
+
+    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The frame with this stage's score columns, and drops for the rows it rejects."""
+        self.notes = []
+        missing = [column for column in self.required_columns if column not in frame.columns]
+        if missing:
+            raise StageInputError(
+                f"stage '{self.name}' needs column '{missing[0]}', which the frame lacks "
+                f"(columns present: {', '.join(frame.columns) or 'none'})"
+            )
+        return self.score(with_drop_columns(frame))
+
+    @abstractmethod
+    def score(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Add score columns; mark rejected rows with `self.drop(...)`. Drop columns exist."""
+
+    def drop(self, frame: pl.DataFrame, rejected: pl.Expr | pl.Series, reason: pl.Expr | pl.Series) -> pl.DataFrame:
+        """Set drop_stage/drop_reason where `rejected` holds, on rows not dropped already."""
+        rejected = pl.lit(rejected) if isinstance(rejected, pl.Series) else rejected
+        reason = pl.lit(reason) if isinstance(reason, pl.Series) else reason
+        newly = rejected.fill_null(False) & pl.col("drop_stage").is_null()
+        return frame.with_columns(
+            pl.when(newly).then(pl.lit(self.name)).otherwise(pl.col("drop_stage")).alias("drop_stage"),
+            pl.when(newly).then(reason.cast(pl.String)).otherwise(pl.col("drop_reason")).alias("drop_reason"),
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def with_drop_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    missing = [pl.lit(None, dtype=pl.String).alias(c) for c in DROP_COLUMNS if c not in frame.columns]
+    return frame.with_columns(missing) if missing else frame
+
+
+def active(frame: pl.DataFrame) -> pl.Series:
+    """Rows no stage has dropped yet."""
+    return frame["drop_stage"].is_null()
+
+
+def keep_rank(frame: pl.DataFrame, keep_order: list[str] | tuple[str, ...], text: pl.Expr) -> np.ndarray:
+    """Rank of every row (0 = best) under `keep_order`, to keep the best member of a duplicate group.
+
+    Each key is a score column, higher is better (`-col` for lower is better); `length`
+    is the length of `text`. Keys absent from the frame are skipped, nulls rank last,
+    and the row position breaks remaining ties so the result is deterministic.
+    """
+    keys, descending = [], []
+    for key in keep_order:
+        column = key.lstrip("-")
+        if column == "length":
+            expr = text.str.len_chars()
+        elif column in frame.columns:
+            expr = pl.col(column).cast(pl.Float64)
+        else:
+            continue
+        keys.append(expr.alias(f"_key{len(keys)}"))
+        descending.append(not key.startswith("-"))
+    ranked = frame.select(*keys, pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"))
+    order = ranked.sort(
+        [*(f"_key{i}" for i in range(len(keys))), "_row"], descending=[*descending, False], nulls_last=True
+    )["_row"].to_numpy()
+    rank = np.empty(frame.height, dtype=np.int64)
+    rank[order] = np.arange(frame.height)
+    return rank
+
+
+def union_find(size: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Component root of every element after joining each (left[i], right[i]) pair."""
+    parent = np.arange(size, dtype=np.int64)
+
+    def find(x: int) -> int:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in zip(left.tolist(), right.tolist()):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(x) for x in range(size)], dtype=np.int64) if size else parent
+
+
+def keep_best_of_groups(roots: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For elements grouped by `roots`: (cluster number or -1 for singletons, keeper index, is-keeper).
+
+    The keeper of a group is its member with the lowest `rank`; clusters are numbered
+    in order of their keepers' rank.
+    """
+    size = len(roots)
+    if size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=bool)
+    # best member per root: sort by (root, rank), first of each run
+    order = np.lexsort((rank, roots))
+    first = np.ones(size, dtype=bool)
+    first[1:] = roots[order][1:] != roots[order][:-1]
+    best_of_root = np.full(size, -1, dtype=np.int64)
+    best_of_root[roots[order][first]] = order[first]
+    keeper = best_of_root[roots]
+    group_size = np.bincount(roots, minlength=size)[roots]
+    in_cluster = group_size > 1
+    cluster = np.full(size, -1, dtype=np.int64)
+    cluster_keepers = np.unique(keeper[in_cluster])
+    numbered = cluster_keepers[np.argsort(rank[cluster_keepers], kind="stable")]
+    number_of = np.full(size, -1, dtype=np.int64)
+    number_of[numbered] = np.arange(len(numbered))
+    cluster[in_cluster] = number_of[keeper[in_cluster]]
+    return cluster, keeper, np.arange(size) == keeper
+
+
+def chosen_samples(frame: pl.DataFrame, fields: list[str]) -> pl.DataFrame:
+    """The chosen sample's `fields` for every row, in row order: the sample whose text is the
+    row's `response`, else the first sample; nulls where a row has no samples."""
+    response = pl.col("response") if "response" in frame.columns else pl.lit(None, dtype=pl.String)
+    exploded = (
+        frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), response.alias("_response"), "samples")
+        .explode("samples")
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("_row").alias("_pos"))
+        .filter(pl.col("samples").is_not_null())
+        .with_columns((pl.col("samples").struct.field("text") == pl.col("_response")).fill_null(False).alias("_match"))
+        .sort(["_row", "_match", "_pos"], descending=[False, True, False])
+        .unique("_row", keep="first", maintain_order=True)
+        .select("_row", *(pl.col("samples").struct.field(f).alias(f) for f in fields))
+    )
+    rows = pl.DataFrame({"_row": np.arange(frame.height, dtype=np.int64)})
+    return rows.join(exploded, on="_row", how="left").sort("_row").drop("_row")
+
+
+def progress(iterable: Iterable, total: int, description: str) -> Iterator:
+    """Iterate with a rich progress bar (total, rate, ETA) that disappears when done."""
+    from rich.progress import track
+
+    return track(iterable, total=total, description=description, transient=True)

@@ -1,0 +1,113 @@
+"""Task configs: one pydantic model per task, a union discriminated by `type`.
+
+Unknown keys are rejected (extra="forbid") and every count/threshold is bounded,
+so a typo in a run config fails at load time with the field's name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MUTATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "in_breadth")
+Mutation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "in_breadth"]
+
+
+class _TaskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, ge=0, description="all randomness of the task derives from it (resumable runs)")
+    shard_size: int = Field(500, ge=1, description="rows per Parquet shard written as the task goes")
+    batch_size: int = Field(64, ge=1, description="requests handed to the teacher at once")
+
+
+class SelfInstructConfig(_TaskConfig):
+    type: Literal["self_instruct"]
+    target_size: int = Field(100, ge=1, description="machine instructions to add to the pool")
+    max_rounds: int = Field(50, ge=1)
+    prompts_per_round: int = Field(4, ge=1)
+    human_examples: int = Field(6, ge=0, description="in-context instructions from the human seeds")
+    machine_examples: int = Field(2, ge=0, description="in-context machine instructions, when the pool has them")
+    list_length: int = Field(20, ge=2, description="the numbered list the teacher completes (examples included)")
+    rouge_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    min_words: int = Field(4, ge=1, description="instructions with fewer words are dropped (paper: <= 3)")
+    max_words: int = Field(150, ge=1)
+    instances_per_task: int = Field(2, ge=1)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.5, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, ge=16)
+
+    @model_validator(mode="after")
+    def _examples_fit(self) -> SelfInstructConfig:
+        examples = self.human_examples + self.machine_examples
+        if examples < 1 or examples >= self.list_length:
+            raise ValueError(
+                f"human_examples + machine_examples ({examples}) must be between 1 and list_length - 1 "
+                f"({self.list_length - 1})"
+            )
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) exceeds max_words ({self.max_words})")
+        return self
+
+
+class EvolInstructConfig(_TaskConfig):
+    type: Literal["evol_instruct"]
+    generations: int = Field(2, ge=1, description="rounds of evolution (the paper: 4)")
+    mutations: list[Mutation] = Field(default_factory=lambda: list(MUTATIONS), min_length=1)
+    check_information_gain: bool = Field(True, description="ask the teacher whether the evolution adds anything")
+    sorry_max_words: int = Field(80, ge=0, description="a 'sorry' answer shorter than this eliminates")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=16)
+    response_max_tokens: int = Field(512, ge=16)
+    top_logprobs: int = Field(0, ge=0, le=20, description="top-k logprobs kept with the evolved answer")
+
+
+class RespondConfig(_TaskConfig):
+    type: Literal["respond"]
+    n: int = Field(4, ge=1, description="samples per instruction")
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1)
+    top_logprobs: int = Field(5, ge=0, le=20)
+    chain_of_thought: bool = False
+    system_prompt: str | None = None
+
+
+class LabelConfig(_TaskConfig):
+    type: Literal["label"]
+    labels: list[str] = Field(min_length=2, description="the label set, in label_probs order")
+    source: Literal["auto", "logprobs", "classifier"] = Field(
+        "auto", description="auto: classifier probabilities for a classifier teacher, else label-token logprobs"
+    )
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature over the label logprobs")
+    top_logprobs: int = Field(20, ge=1, le=20)
+    tokenizer: str | None = Field(None, description="tokenizer of the LLM teacher (default: the teacher's own)")
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> LabelConfig:
+        duplicates = sorted({label for label in self.labels if self.labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"labels must be unique; repeated: {duplicates}")
+        if any(not label.strip() for label in self.labels):
+            raise ValueError("labels must be non-empty strings")
+        return self
+
+
+class DistilabelConfig(_TaskConfig):
+    type: Literal["distilabel"]
+    task: str = Field(description="import path of a distilabel Task, e.g. distilabel.steps.tasks.TextGeneration")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the distilabel task")
+    input_mapping: dict[str, str] = Field(default_factory=dict, description="distilabel input -> record column")
+    output_mapping: dict[str, str] = Field(
+        default_factory=lambda: {"generation": "response"}, description="distilabel output -> record column"
+    )
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=1)
+    top_logprobs: int = Field(0, ge=0, le=20)
+
+
+TaskConfig = Annotated[
+    Union[SelfInstructConfig, EvolInstructConfig, RespondConfig, LabelConfig, DistilabelConfig],
+    Field(discriminator="type"),
+]

@@ -1,0 +1,128 @@
+"""Run any distilabel `Task` on our teachers: its prompts and parsers, our engine.
+
+The distilabel task builds chat messages (`format_input`) and parses the teacher's
+text (`format_output`); Stillhouse sends the requests (cache, limits, budget,
+logprobs) instead of distilabel's Pipeline, which is not used. distilabel tasks
+require an `llm` at construction: `EngineSlot` fills that slot and refuses to be
+called, since generation never goes through it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from factory.errors import ConfigError, SchemaError
+from factory.shards import ShardWriter
+from factory.tasks.base import ShardBuffer, Task, rejected, stable_seed
+from factory.tasks.config import DistilabelConfig
+from factory.teachers.base import Teacher, TeacherRequest
+
+STAGE = "distilabel"
+
+
+def _engine_slot_class() -> type:
+    from distilabel.models.llms.base import LLM
+
+    class EngineSlot(LLM):
+        """Placeholder LLM: Stillhouse's teacher generates, so this is never asked to."""
+
+        @property
+        def model_name(self) -> str:
+            return "stillhouse-teacher"
+
+        def load(self) -> None:
+            return None
+
+        def generate(self, inputs: Any, num_generations: int = 1, **kwargs: Any) -> Any:
+            raise RuntimeError("generation goes through Stillhouse's teacher, not distilabel's LLM")
+
+    return EngineSlot
+
+
+def load_distilabel_task(path: str, params: dict[str, Any]) -> Any:
+    """Import `module.Class`, build it with `params` and load it (templates, prompts)."""
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        task_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"task 'distilabel': cannot import {path!r} ({exc})") from None
+    from distilabel.steps.tasks.base import Task as DistilabelTask
+
+    if not (isinstance(task_class, type) and issubclass(task_class, DistilabelTask)):
+        raise ConfigError(f"task 'distilabel': {path!r} is not a distilabel Task")
+    try:
+        task = task_class(llm=_engine_slot_class()(), **params)
+    except Exception as exc:  # pydantic validation of the task's own fields
+        raise ConfigError(f"task 'distilabel': {path} rejects params {sorted(params)}: {exc}") from None
+    task.load()
+    return task
+
+
+class DistilabelTaskAdapter(Task):
+    stage = STAGE
+
+    def __init__(self, config: DistilabelConfig) -> None:
+        self.config = config
+        self.task = load_distilabel_task(config.task, config.params)
+        inputs = self.task.inputs
+        required = [name for name, needed in inputs.items() if needed] if isinstance(inputs, dict) else list(inputs)
+        self.required_inputs = required
+
+    def estimate_requests(self, n_records: int) -> int:
+        return n_records
+
+    def _input(self, row: dict[str, Any]) -> dict[str, Any]:
+        values = {}
+        for name in self.required_inputs:
+            column = self.config.input_mapping.get(name, name)
+            if column not in row:
+                raise SchemaError(
+                    f"task 'distilabel' ({self.config.task}): input '{name}' needs column '{column}', "
+                    f"absent from the records (set input_mapping)"
+                )
+            values[name] = row[column]
+        return values
+
+    def _request(self, row: dict[str, Any], task_input: dict[str, Any]) -> TeacherRequest:
+        messages = self.task.format_input(task_input)
+        return TeacherRequest(
+            messages=tuple((message["role"], message["content"]) for message in messages),
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+            top_logprobs=self.config.top_logprobs,
+            seed=stable_seed(self.config.seed, STAGE, self.config.task, row["id"]),
+        )
+
+    async def run(self, records: pl.DataFrame, teacher: Teacher, shards: ShardWriter | None = None) -> pl.DataFrame:
+        buffer = ShardBuffer(shards, self.config.shard_size)
+        rows = records.to_dicts()
+        buffer.add([row for row in rows if row.get("drop_stage")])
+        todo = [row for row in rows if not row.get("drop_stage")]
+        step = self.config.batch_size
+        with tqdm(total=len(todo), desc=f"distilabel {self.task.__class__.__name__}", unit="row") as bar:
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
+                inputs = [self._input(row) for row in chunk]
+                generations = await teacher.generate([self._request(r, i) for r, i in zip(chunk, inputs)])
+                bar.update(len(chunk))
+                out = []
+                for row, task_input, generation in zip(chunk, inputs, generations):
+                    if not generation.ok or not generation.samples:
+                        out.append(rejected(row, STAGE, f"teacher_error: {generation.error or 'no sample'}"))
+                        continue
+                    parsed = self.task.format_output(generation.samples[0].text, task_input)
+                    mapped = {self.config.output_mapping.get(key, key): value for key, value in parsed.items()}
+                    out.append(
+                        {
+                            **row,
+                            **mapped,
+                            "samples": [sample.as_record() for sample in generation.samples],
+                            "teacher": generation.teacher.record(generation.request),
+                        }
+                    )
+                buffer.add(out)
+        return buffer.finish()

@@ -1,0 +1,91 @@
+"""Teacher configs: one pydantic model per backend, discriminated by `backend`.
+
+API keys are never config fields: `api_key_env` names the environment variable that
+holds one, so a config file (and everything written from it) stays free of secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Budget(BaseModel):
+    """A hard cap: no request is issued that could take spending past either limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, gt=0, description="prompt + completion tokens, all requests")
+    max_usd: float | None = Field(default=None, gt=0, description="dollars, priced with `prices`")
+
+
+class Prices(BaseModel):
+    """USD per one million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+    def usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1_000_000
+
+
+class _TeacherConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="model name (openai) or local model directory")
+    concurrency: int = Field(default=16, ge=1, description="requests in flight at once")
+    rpm: int | None = Field(default=None, gt=0, description="requests-per-minute limit")
+    tpm: int | None = Field(default=None, gt=0, description="tokens-per-minute limit (prompt + max completion)")
+    max_retries: int = Field(default=5, ge=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    budget: Budget | None = None
+    prices: Prices | None = None
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _usd_budget_needs_prices(self):
+        if self.budget is not None and self.budget.max_usd is not None and self.prices is None:
+            raise ValueError("budget.max_usd needs a `prices` table (input_per_1m, output_per_1m)")
+        return self
+
+
+class OpenAITeacherConfig(_TeacherConfigBase):
+    backend: Literal["openai"] = "openai"
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None: api.openai.com")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
+    tokenizer: str | None = Field(default=None, description="local tokenizer to recover token ids from token text")
+    return_token_ids: bool = Field(default=False, description="vllm serve: ask for `token_id:N` tokens")
+    logprobs: bool = Field(default=True, description="ask for the sampled tokens' logprobs")
+
+
+class VLLMTeacherConfig(_TeacherConfigBase):
+    backend: Literal["vllm"] = "vllm"
+    dtype: str = "auto"
+    max_model_len: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enforce_eager: bool = False
+    seed: int = 0
+
+
+class TransformersTeacherConfig(_TeacherConfigBase):
+    backend: Literal["transformers"] = "transformers"
+    device: str = "auto"
+    batch_size: int = Field(default=8, ge=1)
+    dtype: str = "auto"
+
+
+class ClassifierTeacherConfig(_TeacherConfigBase):
+    backend: Literal["classifier"] = "classifier"
+    kind: Literal["hf", "encoder_head"] = "hf"
+    temperature: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    device: str = "auto"
+
+
+TeacherConfig = Annotated[
+    Union[OpenAITeacherConfig, VLLMTeacherConfig, TransformersTeacherConfig, ClassifierTeacherConfig],
+    Field(discriminator="backend"),
+]

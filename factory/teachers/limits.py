@@ -1,0 +1,160 @@
+"""Rate limits, retry delays and the hard budget, shared by every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+from factory.teachers.base import TeacherRequest
+from factory.teachers.config import Budget, Prices
+
+# Upper bound on template tokens per chat message (role markers, separators).
+_TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def prompt_token_bound(request: TeacherRequest) -> int:
+    """A conservative upper bound on a request's prompt tokens, with no tokenizer.
+
+    Byte-level BPE and byte-fallback tokenizers never emit more tokens than UTF-8
+    bytes, so bytes plus template overhead bounds the count the server will bill.
+    """
+    content_bytes = sum(len(content.encode("utf-8")) for _, content in request.messages)
+    return content_bytes + _TEMPLATE_TOKENS_PER_MESSAGE * (len(request.messages) + 1)
+
+
+def completion_token_bound(request: TeacherRequest) -> int:
+    return request.max_tokens * request.n
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute pacing (GCRA without bursts).
+
+    Each request is scheduled no earlier than the previous one plus 60/rpm seconds and
+    plus its tokens' share of a minute at `tpm`, so no sliding minute ever exceeds either
+    limit. `pause_until` pushes everything back when a server answers 429 Retry-After.
+    """
+
+    def __init__(self, rpm: int | None = None, tpm: int | None = None, clock=time.monotonic):
+        self.rpm = rpm
+        self.tpm = tpm
+        self._clock = clock
+        self._next_request_at = 0.0
+        self._next_tokens_at = 0.0
+
+    def reserve(self, tokens: int) -> float:
+        """Claim the next slot for a request of `tokens`; returns seconds to wait for it."""
+        now = self._clock()
+        start = max(now, self._next_request_at, self._next_tokens_at)
+        if self.rpm:
+            self._next_request_at = start + 60.0 / self.rpm
+        if self.tpm:
+            self._next_tokens_at = start + 60.0 * min(tokens, self.tpm) / self.tpm
+        return start - now
+
+    def pause_until(self, when: float) -> None:
+        self._next_request_at = max(self._next_request_at, when)
+
+    async def acquire(self, tokens: int) -> None:
+        if self.rpm is None and self.tpm is None and self._next_request_at <= self._clock():
+            return
+        delay = self.reserve(tokens)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def retry_delay(attempt: int, retry_after: float | None, base: float = 0.5, cap: float = 30.0) -> float:
+    """Seconds before retry number `attempt` (0-based): Retry-After when the server gave
+    one (plus up to 10% jitter, never less), else capped exponential backoff with jitter."""
+    if retry_after is not None:
+        return retry_after * (1.0 + 0.1 * random.random())
+    ceiling = min(cap, base * 2**attempt)
+    return ceiling * (0.5 + 0.5 * random.random())
+
+
+@dataclass
+class Reservation:
+    tokens: int
+    usd: float
+
+
+class BudgetTracker:
+    """Never lets spending pass `budget`: a request is issued only once its worst case
+    (prompt bound + n * max_tokens) fits next to what is spent and what is in flight.
+
+    When a request does not fit while others are in flight, it waits for them to settle
+    (their real usage is usually far below the worst case) before giving up.
+    """
+
+    def __init__(self, budget: Budget | None, prices: Prices | None):
+        self.budget = budget
+        self.prices = prices
+        self.spent_tokens = 0
+        self.spent_usd = 0.0
+        self._reserved_tokens = 0
+        self._reserved_usd = 0.0
+        self._in_flight = 0
+        self.exhausted = False
+        self._condition: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _changed(self) -> asyncio.Condition:
+        # asyncio primitives belong to one event loop; a teacher may serve several
+        # (one asyncio.run per CLI step), so make one per loop.
+        loop = asyncio.get_running_loop()
+        if self._condition is None or self._loop is not loop:
+            self._condition, self._loop = asyncio.Condition(), loop
+        return self._condition
+
+    def usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.prices.usd(prompt_tokens, completion_tokens) if self.prices else 0.0
+
+    def _fits(self, tokens: int, usd: float) -> bool:
+        if self.budget is None:
+            return True
+        if (
+            self.budget.max_tokens is not None
+            and self.spent_tokens + self._reserved_tokens + tokens > self.budget.max_tokens
+        ):
+            return False
+        if self.budget.max_usd is not None and self.spent_usd + self._reserved_usd + usd > self.budget.max_usd:
+            return False
+        return True
+
+    async def reserve(self, request: TeacherRequest) -> Reservation | None:
+        prompt, completion = prompt_token_bound(request), completion_token_bound(request)
+        reservation = Reservation(tokens=prompt + completion, usd=self.usd(prompt, completion))
+        async with self._changed:
+            while not self.exhausted:
+                if self._fits(reservation.tokens, reservation.usd):
+                    self._reserved_tokens += reservation.tokens
+                    self._reserved_usd += reservation.usd
+                    self._in_flight += 1
+                    return reservation
+                if self._in_flight == 0:
+                    self.exhausted = True
+                    break
+                await self._changed.wait()
+        return None
+
+    async def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> None:
+        """Replace a reservation by what the request really cost."""
+        async with self._changed:
+            self._reserved_tokens -= reservation.tokens
+            self._reserved_usd -= reservation.usd
+            self._in_flight -= 1
+            self.spent_tokens += prompt_tokens + completion_tokens
+            self.spent_usd += self.usd(prompt_tokens, completion_tokens)
+            self._changed.notify_all()
+
+    def summary(self) -> str:
+        if self.budget is None:
+            return "no budget"
+        parts = []
+        if self.budget.max_tokens is not None:
+            parts.append(f"{self.spent_tokens:,} of {self.budget.max_tokens:,} tokens")
+        if self.budget.max_usd is not None:
+            parts.append(f"${self.spent_usd:.4f} of ${self.budget.max_usd:.4f}")
+        return " and ".join(parts) + " spent"

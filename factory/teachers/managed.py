@@ -1,0 +1,259 @@
+"""The machinery every backend shares, written once: response cache, hard budget,
+bounded concurrency, requests/tokens-per-minute limits, retries with backoff that
+honour Retry-After, stats and a progress bar.
+
+A backend subclasses `ManagedTeacher` and implements ONE of
+- `_generate_one(request) -> Generation` (remote APIs: one request at a time, many in
+  flight; raise `RetryableError` for 429/5xx/timeouts/bad bodies, `TeacherError` for
+  problems no retry can fix), or
+- `_generate_batch(requests) -> list[Generation]` (local engines that batch themselves;
+  runs in a worker thread so the event loop and progress bar stay live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from factory.teachers.base import Generation, Teacher, TeacherIdentity, TeacherRequest
+from factory.teachers.cache import ResponseCache, generation_from_payload
+from factory.teachers.config import Budget, Prices
+from factory.teachers.errors import RequestRejectedError, RetryableError
+from factory.teachers.limits import BudgetTracker, RateLimiter, completion_token_bound, prompt_token_bound, retry_delay
+
+
+@dataclass
+class TeacherStats:
+    requests_sent: int = 0  # attempts that reached the backend, retries included
+    cache_hits: int = 0
+    failed: int = 0  # requests that ended with `error` after their retries
+    retries: int = 0
+    not_issued: int = 0  # requests the budget stopped
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usd: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class ManagedTeacher(Teacher):
+    # Local engines own the whole batch; remote ones get one call per request.
+    batched = False
+    # Settings outside the identity that change answers (endpoint, classifier temperature,
+    # the weights' fingerprint); mixed into every cache key when not empty.
+    cache_salt = ""
+
+    def __init__(
+        self,
+        identity: TeacherIdentity,
+        *,
+        concurrency: int = 16,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_retries: int = 5,
+        timeout_s: float = 120.0,
+        budget: Budget | None = None,
+        prices: Prices | None = None,
+        cache: ResponseCache | None = None,
+        show_progress: bool = False,
+    ):
+        self.identity = identity
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.cache = cache
+        self.show_progress = show_progress
+        self.stats = TeacherStats()
+        self.budget = BudgetTracker(budget, prices)
+        self._limiter = RateLimiter(rpm, tpm)
+        self._semaphores: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+    # -- backend hooks ----------------------------------------------------------------
+    async def _generate_one(self, request: TeacherRequest) -> Generation:
+        raise NotImplementedError(f"{type(self).__name__} implements neither _generate_one nor _generate_batch")
+
+    def _generate_batch(self, requests: list[TeacherRequest]) -> list[Generation]:
+        raise NotImplementedError(f"{type(self).__name__} implements neither _generate_one nor _generate_batch")
+
+    def cache_key(self, request: TeacherRequest) -> str:
+        key = request.cache_key(self.identity)
+        salt = self.cache_salt
+        return key if not salt else hashlib.sha256(f"{key}:{salt}".encode()).hexdigest()
+
+    def _chunk_size(self) -> int:
+        """Requests handed to `_generate_batch` per call (all of them for vLLM)."""
+        return self.concurrency
+
+    # -- the shared path --------------------------------------------------------------
+    async def generate(self, requests: Sequence[TeacherRequest]) -> list[Generation]:
+        requests = list(requests)
+        results: list[Generation | None] = [None] * len(requests)
+        keys = [self.cache_key(request) for request in requests]
+        with _Progress(self.show_progress, len(requests), self.identity.model) as progress:
+            if self.cache is not None:
+                hits = self.cache.get_many(sorted(set(keys)))
+                for index, key in enumerate(keys):
+                    if key in hits:
+                        results[index] = generation_from_payload(hits[key], requests[index], self.identity)
+                        self.stats.cache_hits += 1
+                progress.advance(sum(result is not None for result in results))
+            pending = [index for index, result in enumerate(results) if result is None]
+            if self.batched:
+                await self._run_batched(requests, keys, pending, results, progress)
+            else:
+                await self._run_concurrent(requests, keys, pending, results, progress)
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _record(self, key: str, generation: Generation) -> None:
+        self.stats.prompt_tokens += generation.usage.prompt_tokens
+        self.stats.completion_tokens += generation.usage.completion_tokens
+        self.stats.usd += self.budget.usd(generation.usage.prompt_tokens, generation.usage.completion_tokens)
+        if generation.ok and self.cache is not None:
+            self.cache.put(key, generation)
+
+    def _not_issued(self, request: TeacherRequest, total: int, answered: int) -> Generation:
+        self.stats.not_issued += 1
+        need = prompt_token_bound(request) + completion_token_bound(request)
+        message = (
+            f"not issued: budget exhausted ({self.budget.summary()}; this request could take up to {need:,} "
+            f"tokens; {answered} of {total} requests answered in this call)"
+        )
+        return Generation(request=request, teacher=self.identity, error=message)
+
+    def _failed(self, request: TeacherRequest, message: str) -> Generation:
+        self.stats.failed += 1
+        return Generation(request=request, teacher=self.identity, error=message)
+
+    async def _run_concurrent(self, requests, keys, pending, results, progress) -> None:
+        semaphore = self._semaphore()
+        answered = [len(requests) - len(pending)]
+
+        async def answer(index: int) -> None:
+            request = requests[index]
+            reservation = await self.budget.reserve(request)
+            if reservation is None:
+                results[index] = self._not_issued(request, len(requests), answered[0])
+                progress.advance(1)
+                return
+            generation, billed = None, (0, 0)
+            try:
+                async with semaphore:
+                    generation, billed = await self._with_retries(request)
+            finally:
+                if generation is not None:
+                    billed = (generation.usage.prompt_tokens, generation.usage.completion_tokens)
+                await self.budget.settle(reservation, *billed)
+            self._record(keys[index], generation)
+            results[index] = generation
+            answered[0] += generation.ok
+            progress.advance(1)
+
+        tasks = [asyncio.create_task(answer(index)) for index in pending]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # a fatal TeacherError in one request stops the others cleanly
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _with_retries(self, request: TeacherRequest) -> tuple[Generation, tuple[int, int]]:
+        """One answer for `request`; returns it and the tokens to bill for it."""
+        maybe_billed = (0, 0)
+        estimate = prompt_token_bound(request) + completion_token_bound(request)
+        for attempt in range(self.max_retries + 1):
+            await self._limiter.acquire(estimate)
+            self.stats.requests_sent += 1
+            try:
+                return await asyncio.wait_for(self._generate_one(request), self.timeout_s), (0, 0)
+            except RequestRejectedError as error:
+                return self._failed(request, f"rejected: {error}"), maybe_billed
+            except (RetryableError, asyncio.TimeoutError) as error:
+                if isinstance(error, asyncio.TimeoutError):
+                    error = RetryableError(f"timed out after {self.timeout_s:g} s", maybe_billed=True)
+                if error.maybe_billed:
+                    # The server may have done (and billed) the work: count the worst case
+                    # so the budget stays a hard cap.
+                    maybe_billed = (
+                        maybe_billed[0] + prompt_token_bound(request),
+                        maybe_billed[1] + completion_token_bound(request),
+                    )
+                if error.retry_after is not None:
+                    self._limiter.pause_until(time.monotonic() + error.retry_after)
+                if attempt == self.max_retries:
+                    message = f"failed after {attempt + 1} attempt(s): {error}"
+                    return self._failed(request, message), maybe_billed
+                self.stats.retries += 1
+                await asyncio.sleep(retry_delay(attempt, error.retry_after))
+        raise AssertionError("unreachable")
+
+    async def _run_batched(self, requests, keys, pending, results, progress) -> None:
+        issued: list[int] = []
+        reservations = []
+        for index in pending:
+            reservation = await self.budget.reserve(requests[index]) if not self.budget.exhausted else None
+            if reservation is None:
+                results[index] = self._not_issued(requests[index], len(requests), len(requests) - len(pending))
+                progress.advance(1)
+                continue
+            issued.append(index)
+            reservations.append(reservation)
+        size = max(1, self._chunk_size())
+        for start in range(0, len(issued), size):
+            chunk = issued[start : start + size]
+            self.stats.requests_sent += len(chunk)
+            generations = await asyncio.to_thread(self._generate_batch, [requests[index] for index in chunk])
+            for offset, (index, generation) in enumerate(zip(chunk, generations)):
+                await self.budget.settle(
+                    reservations[start + offset], generation.usage.prompt_tokens, generation.usage.completion_tokens
+                )
+                self._record(keys[index], generation)
+                if not generation.ok:
+                    self.stats.failed += 1
+                results[index] = generation
+            progress.advance(len(chunk))
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if loop not in self._semaphores:
+            self._semaphores = {loop: asyncio.Semaphore(self.concurrency)}
+        return self._semaphores[loop]
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+
+
+class _Progress:
+    """A rich progress bar with a total, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self._bar = None
+        if enabled and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]teacher[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def advance(self, count: int) -> None:
+        if self._bar is not None and count:
+            self._bar.advance(self._task, count)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()

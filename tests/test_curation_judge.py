@@ -1,0 +1,134 @@
+"""The judge stage: prompts through a Teacher, robust score parsing, unparsable replies reported not zeroed.
+
+The teacher here is a small test-local subclass of the real `Teacher` contract that
+returns canned replies: what is under test is the judge's prompting and parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import polars as pl
+import pytest
+
+from curation.config import JudgeConfig, build_stage
+from curation.pipeline import run_stages
+from curation.stages import Judge
+from curation.stages.judge import parse_score
+from factory.schema import conform
+from factory.teachers.base import Generation, Sample, Teacher, TeacherIdentity, TeacherRequest
+
+
+class CannedTeacher(Teacher):
+    """Answers the n-th request with replies[n]; None stands for a request that failed."""
+
+    def __init__(self, replies: list[str | None]) -> None:
+        self.identity = TeacherIdentity(backend="scripted", model="canned-judge")
+        self.replies = replies
+        self.requests: list[TeacherRequest] = []
+
+    async def generate(self, requests: Sequence[TeacherRequest]) -> list[Generation]:
+        out = []
+        for request in requests:
+            reply = self.replies[len(self.requests)]
+            self.requests.append(request)
+            if reply is None:
+                out.append(Generation(request=request, teacher=self.identity, error="HTTP 500 after 3 retries"))
+            else:
+                out.append(Generation(request=request, teacher=self.identity, samples=[Sample(text=reply)]))
+        return out
+
+
+def frame_of(n: int) -> pl.DataFrame:
+    rows = {
+        "id": [f"r{k}" for k in range(n)],
+        "instruction": [f"Add {k} and {k}." for k in range(n)],
+        "input": ["" if k % 2 else "show your work" for k in range(n)],
+        "origin": ["seed"] * n,
+        "response": [f"{2 * k}" for k in range(n)],
+    }
+    return pl.from_arrow(conform(pl.DataFrame(rows)))
+
+
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [
+        ("The answer is right and concise.\nScore: 7", 7.0),
+        ("Solid work. 8/10", 8.0),
+        ("**Rating: 9**\nClear and correct.", 9.0),
+        ('{"rationale": "fine", "score": 6}', 6.0),
+        ('```json\n{"rating": "4", "explanation": "partly wrong"}\n```', 4.0),
+        ("I would give it 5 out of 10.", 5.0),
+        ("3", 3.0),
+        ("Score: 2 (was 9 before the fix)\nFinal score: 6", 6.0),
+    ],
+)
+def test_parse_score_variants(reply, score):
+    parsed, _, error = parse_score(reply, 1, 10)
+    assert error is None and parsed == score
+
+
+def test_parse_score_reports_unparsable_and_out_of_range():
+    assert parse_score("Looks good to me!", 1, 10)[2].startswith("unparsable reply")
+    assert parse_score("Score: 42", 1, 10)[2].startswith("score 42 outside 1-10")
+
+
+def test_judge_scores_stores_rationale_and_reports_unparsable_replies():
+    replies = [
+        "Correct and complete.\nScore: 9",
+        "Wrong sum.\nScore: 2",
+        "I cannot decide.",  # unparsable: reported, not scored 0, not dropped
+        None,  # request failed for good
+        "**Rating: 7**",
+    ]
+    teacher = CannedTeacher(replies)
+    stage = build_stage(JudgeConfig(min_score=5, batch_size=2), teacher=teacher)
+    out, funnel = run_stages(frame_of(5), [stage])
+    rows = {r["id"]: r for r in out.iter_rows(named=True)}
+    assert rows["r0"]["judge_score"] == 9.0 and rows["r0"]["judge_rationale"] == "Correct and complete."
+    assert rows["r1"]["drop_reason"] == "low_judge_score: 2.0 < 5.0"
+    assert rows["r2"]["judge_score"] is None and rows["r2"]["drop_stage"] is None
+    assert rows["r2"]["judge_error"].startswith("unparsable reply: 'I cannot decide.'")
+    assert rows["r3"]["judge_error"] == "teacher error: HTTP 500 after 3 retries"
+    assert rows["r4"]["judge_score"] == 7.0
+    assert funnel == [{"stage": "judge", "rows_in": 5, "dropped": {"low_judge_score": 1}, "rows_out": 4}]
+    assert stage.notes == ["judge: 2 of 5 replies unparsed or failed (see judge_error)"]
+    # the rubric prompt carries the row: instruction, input when present, response
+    first = teacher.requests[0].messages[-1][1]
+    assert "Add 0 and 0." in first and "show your work" in first and "Score: N" in first
+    assert teacher.requests[0].temperature == 0.0
+
+
+def test_judge_skips_rows_already_dropped_and_runs_inside_an_event_loop():
+    frame = frame_of(3).with_columns(
+        pl.when(pl.col("id") == "r1").then(pl.lit("heuristics")).alias("drop_stage"),
+        pl.when(pl.col("id") == "r1").then(pl.lit("empty")).alias("drop_reason"),
+    )
+    teacher = CannedTeacher(["Score: 8", "Score: 3"])
+
+    async def inside_loop() -> pl.DataFrame:
+        return Judge(JudgeConfig(min_score=None), teacher).apply(frame)
+
+    out = asyncio.run(inside_loop())
+    assert len(teacher.requests) == 2
+    assert out["judge_score"].to_list() == [8.0, None, 3.0]
+    assert out["drop_reason"].to_list() == [None, "empty", None]
+
+
+@pytest.mark.slow
+def test_judge_with_distilabel_ultrafeedback_rubric():
+    teacher = CannedTeacher(
+        [
+            "#### Output for Text 1\nRating: 4\nRationale: Accurate and follows the instruction.",
+            "#### Output for Text 1\nRating: 2\nRationale: The sum is wrong.",
+            "Overall I'd say **Rating: 5**",  # distilabel's parser misses this; ours catches it
+        ]
+    )
+    stage = Judge(JudgeConfig(rubric="ultrafeedback", min_score=3), teacher)
+    out = stage.apply(frame_of(3))
+    assert out["judge_score"].to_list() == [4.0, 2.0, 5.0]
+    assert out["judge_rationale"][0] == "Accurate and follows the instruction."
+    assert out["drop_reason"].to_list() == [None, "low_judge_score: 2.0 < 3.0", None]
+    prompt = teacher.requests[0].messages[-1][1]
+    assert "<text 1> 0" in prompt and "Instruction: Add 0 and 0." in prompt

@@ -1,0 +1,376 @@
+"""Curation stages on planted cases and on real Alpaca / Self-Instruct rows (../shared/data)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import shared_data
+from pydantic import TypeAdapter, ValidationError
+from rich.console import Console
+
+from curation.config import (
+    ConsistencyConfig,
+    EntropyConfig,
+    ExactDedupConfig,
+    HeuristicsConfig,
+    MinHashDedupConfig,
+    StageConfig,
+    build_stage,
+)
+from curation.pipeline import run_stages
+from curation.stages import Consistency, Entropy, ExactDedup, Heuristics, MinHashDedup, StageInputError
+from curation.stages.minhash_dedup import band_candidates, lsh_shape, signatures
+from curation.text import shingle
+from factory.errors import ConfigError, StillhouseError
+from factory.schema import conform, record_id
+
+
+def sample(text: str, finish_reason: str = "stop", top_logprobs: list[list[float]] | None = None) -> dict:
+    tops = top_logprobs or []
+    return {
+        "text": text,
+        "finish_reason": finish_reason,
+        "token_ids": list(range(len(tops))),
+        "logprobs": [row[0] if row else 0.0 for row in tops],
+        "top_ids": [list(range(len(row))) for row in tops],
+        "top_logprobs": tops,
+    }
+
+
+def records(rows: list[dict]) -> pl.DataFrame:
+    """Rows through the real record schema (`conform`), with ids and origin filled in."""
+    full = []
+    for k, row in enumerate(rows):
+        row = {"input": "", "origin": "seed", **row}
+        row.setdefault("instruction", f"instruction {k}")
+        row.setdefault("id", record_id(row["instruction"], row["input"], row["origin"]) + f"-{k}")
+        full.append(row)
+    return pl.from_arrow(conform(pl.DataFrame(full, infer_schema_length=None)))
+
+
+def dropped(frame: pl.DataFrame) -> dict[str, str]:
+    return dict(frame.filter(pl.col("drop_stage").is_not_null()).select("id", "drop_reason").iter_rows())
+
+
+def load_json_rows(path) -> pl.DataFrame:
+    rows = json.loads(path.read_text())
+    frame = pl.DataFrame(
+        {
+            "instruction": [r["instruction"] for r in rows],
+            "input": [r["input"] for r in rows],
+            "response": [r["output"] for r in rows],
+            "origin": "import",
+        }
+    )
+    return pl.from_arrow(conform(frame.with_columns(pl.Series("id", [f"r{k}" for k in range(frame.height)]))))
+
+
+# --- heuristics -------------------------------------------------------------------------------
+
+
+def test_heuristics_each_check_has_its_own_reason():
+    frame = records(
+        [
+            {"id": "ok", "response": "Paris is the capital of France, and it is known for the Eiffel Tower."},
+            {"id": "empty", "response": "   \n "},
+            {"id": "long", "response": "word " * 50},
+            {"id": "refusal", "response": "I'm sorry, but I cannot help with that request."},
+            {"id": "ai", "response": "As an AI language model, I do not have opinions on this."},
+            {"id": "cut", "response": "The three steps are: first, mix the", "samples": [sample("x", "length")]},
+            {"id": "noise", "response": "\u2588\u2588\u2593\u2592\u2591 \u2588\u2588\u2593\u2592\u2591 ### @@@ ~~~"},
+            {"id": "loop", "response": "the cat sat on the mat " * 6},
+            {
+                "id": "russian",
+                "response": "Это очень хороший ответ на вопрос, и он написан на русском языке полностью.",
+            },
+            {"id": "short_ok", "response": "4"},
+        ]
+    )
+    config = HeuristicsConfig(max_chars=150, language="en")
+    out = Heuristics(config).apply(frame)
+    reasons = {k: v.split(":")[0] for k, v in dropped(out).items()}
+    assert reasons == {
+        "empty": "empty",
+        "long": "too_long",
+        "refusal": "refusal",
+        "ai": "refusal",
+        "cut": "truncated",
+        "noise": "non_text",
+        "loop": "repetitive",
+        "russian": "not_english",
+    }
+    assert dropped(out)["long"] == "too_long: 249 chars > 150"
+    assert out.height == frame.height  # nothing is deleted
+
+
+def test_heuristics_checks_can_be_disabled_and_tokens_bounded():
+    frame = records(
+        [
+            {"id": "a", "response": "I apologize for the confusion, here is the fixed list of items."},
+            {"id": "b", "response": "one two"},
+            {"id": "c", "response": "the cat sat on the mat " * 8},
+        ]
+    )
+    config = HeuristicsConfig(refusals=False, max_repeated_ngram_share=None, min_tokens=3, truncated=False)
+    out = Heuristics(config).apply(frame)
+    assert dropped(out) == {"b": "too_few_tokens: 2 < 3"}
+
+
+def test_a_dropped_row_keeps_its_first_reason():
+    frame = records(
+        [
+            {"id": "a", "response": ""},
+            {"id": "b", "response": "A fine and complete answer."},
+            {"id": "c", "response": "A fine and complete answer."},
+        ]
+    )
+    out = ExactDedup(ExactDedupConfig(columns=["response"])).apply(Heuristics().apply(frame))
+    assert out.filter(pl.col("id") == "a")[0, "drop_stage"] == "heuristics"
+    assert out.filter(pl.col("id") == "a")[0, "drop_reason"] == "empty"
+    assert dropped(out)["c"] == "exact_duplicate: of b"  # first row wins a tie on every score
+
+
+# --- exact and near duplicates ----------------------------------------------------------------
+
+
+def test_exact_dedup_normalises_and_keeps_best_scored_copy():
+    frame = records(
+        [
+            {"id": "low", "instruction": "Name a fruit.", "response": "An apple!", "judge_score": 3.0},
+            {"id": "high", "instruction": "name a FRUIT", "response": "an   apple", "judge_score": 9.0},
+            {"id": "other", "instruction": "Name a fruit.", "response": "A pear.", "judge_score": 1.0},
+        ]
+    )
+    blanks = records([{"id": "blank1", "instruction": "?"}, {"id": "blank2", "instruction": "!"}])
+    frame = pl.concat([frame, blanks], how="diagonal")
+    out = ExactDedup().apply(frame)
+    assert dropped(out) == {"low": "exact_duplicate: of high"}  # rows without any text are not duplicates
+
+
+def words_doc(rng: np.random.Generator, n: int = 80) -> list[str]:
+    return [f"w{int(i)}" for i in rng.integers(0, 50_000, size=n)]
+
+
+def test_near_duplicate_cluster_keeps_its_highest_scored_member():
+    rng = np.random.default_rng(3)
+    base = words_doc(rng)
+    copy1, copy2 = list(base), list(base)
+    copy1[10] = "edited"
+    copy2[40] = "changed"
+    far = list(base)
+    for position in range(0, 80, 4):  # many edits: jaccard well below 0.8
+        far[position] = f"x{position}"
+    rows = [
+        {"id": "first", "response": " ".join(base), "judge_score": 5.0, "consistency": 0.9},
+        {"id": "best", "response": " ".join(copy1), "judge_score": 8.0, "consistency": 0.2},
+        {"id": "tie", "response": " ".join(copy2), "judge_score": 8.0, "consistency": 0.1},
+        {"id": "far", "response": " ".join(far), "judge_score": 1.0, "consistency": 1.0},
+    ]
+    rows += [{"id": f"n{k}", "response": " ".join(words_doc(rng))} for k in range(40)]
+    frame = records(rows)
+    stage = MinHashDedup(MinHashDedupConfig(columns=["response"]), show_progress=False)
+    out = stage.apply(frame)
+    reasons = dropped(out)
+    assert set(reasons) == {"first", "tie"}
+    assert reasons["first"].startswith("near_duplicate: of best jaccard=0.9")
+    assert reasons["tie"].startswith("near_duplicate: of best jaccard=")
+    clusters = dict(out.select("id", "dup_cluster").iter_rows())
+    assert clusters["first"] == clusters["best"] == clusters["tie"] == 0
+    assert clusters["far"] is None and clusters["n0"] is None
+
+
+def test_minhash_candidates_are_verified_by_true_jaccard():
+    """Low-threshold banding proposes a 0.6-similar pair; verification at 0.8 rejects it."""
+    rng = np.random.default_rng(5)
+    base = words_doc(rng, 100)
+    other = list(base)
+    for position in range(0, 100, 12):
+        other[position] = f"y{position}"
+    texts = pl.Series([" ".join(base), " ".join(other)])
+    sets = shingle(texts, "word", 3)
+    true_jaccard = sets.jaccard(np.array([0]), np.array([1]))[0]
+    a = {" ".join(base[i : i + 3]) for i in range(98)}
+    b = {" ".join(other[i : i + 3]) for i in range(98)}
+    assert true_jaccard == pytest.approx(len(a & b) / len(a | b))
+    sigs = signatures(sets, 128, seed=1, show=False)
+    left, right = band_candidates(sigs, np.array([0, 1]), bands=64, rows=2)
+    assert (left.tolist(), right.tolist()) == ([0], [1])  # LSH says "maybe" ...
+    frame = records([{"id": "a", "response": texts[0]}, {"id": "b", "response": texts[1]}])
+    out = MinHashDedup(MinHashDedupConfig(columns=["response"], bands=64), show_progress=False).apply(frame)
+    assert dropped(out) == {}  # ... the exact Jaccard says no
+    assert 0.5 < true_jaccard < 0.8
+
+
+def test_signature_collision_rate_estimates_jaccard():
+    rng = np.random.default_rng(9)
+    base = words_doc(rng, 200)
+    other = base[:150] + words_doc(rng, 50)
+    sets = shingle(pl.Series([" ".join(base), " ".join(other)]), "word", 3)
+    sigs = signatures(sets, 256, seed=2, show=False)
+    estimate = float((sigs[0] == sigs[1]).mean())
+    assert estimate == pytest.approx(sets.jaccard(np.array([0]), np.array([1]))[0], abs=0.08)
+
+
+def test_char_shingles_and_short_documents():
+    sets = shingle(pl.Series(["Hello, World", "hello world!", "hi", ""]), "char", 5)
+    assert sets.of(0).tolist() == sets.of(1).tolist()  # normalisation: case and punctuation
+    assert len(sets.of(2)) == 1 and len(sets.of(3)) == 0  # shorter than n: one shingle; empty: none
+    assert lsh_shape(0.8, 128) == (21, 6)
+
+
+# --- self-consistency --------------------------------------------------------------------------
+
+
+def test_consistency_classification_final_answer_and_open():
+    frame = records(
+        [
+            {
+                "id": "label",
+                "samples": [sample("positive"), sample("The sentiment is Positive."), sample("negative"), sample("?")],
+            },
+            {
+                "id": "answer",
+                "samples": [
+                    sample("12 * 3 = 36. Final answer: 36"),
+                    sample("The answer is $36.00."),
+                    sample("Final answer: **35**"),
+                ],
+            },
+            {"id": "open_same", "samples": [sample("the sky is blue"), sample("The sky is blue!")]},
+            {"id": "open_diff", "samples": [sample("the sky is blue"), sample("grass grows fast")]},
+            {"id": "single", "samples": [sample("alone")]},
+        ]
+    )
+    labelled = Consistency(ConsistencyConfig(labels=["positive", "negative"], min_consistency=None)).apply(
+        frame.filter(pl.col("id") == "label")
+    )
+    assert labelled["consistency"][0] == pytest.approx(0.5)  # 2 of 4 agree, the unparsable one counts against
+    assert labelled["consistency_method"][0] == "label"
+
+    out = Consistency(ConsistencyConfig(min_consistency=0.5)).apply(frame.filter(pl.col("id") != "label"))
+    scores = dict(out.select("id", "consistency").iter_rows())
+    methods = dict(out.select("id", "consistency_method").iter_rows())
+    assert scores["answer"] == pytest.approx(2 / 3) and methods["answer"] == "final_answer"
+    assert scores["open_same"] == pytest.approx(1.0) and methods["open_same"] == "similarity"
+    assert scores["open_diff"] == pytest.approx(0.0)
+    assert scores["single"] is None
+    assert dropped(out) == {"open_diff": "low_consistency: similarity 0.0 < 0.5"}
+
+
+def test_consistency_uses_frame_label_set_in_auto_mode():
+    frame = records(
+        [
+            {"id": "a", "label": "spam", "samples": [sample("spam"), sample("Spam."), sample("spam")]},
+            {"id": "b", "label": "not spam", "samples": [sample("not spam"), sample("spam"), sample("spam")]},
+        ]
+    )
+    out = Consistency(ConsistencyConfig(min_consistency=0.7)).apply(frame)
+    assert dict(out.select("id", "consistency").iter_rows()) == {"a": pytest.approx(1.0), "b": pytest.approx(2 / 3)}
+    assert "b" in dropped(out)
+
+
+# --- entropy -----------------------------------------------------------------------------------
+
+
+def test_entropy_matches_hand_computed_value_with_residual_bucket():
+    tops = [[math.log(0.5), math.log(0.3)], [math.log(0.9), math.log(0.05), math.log(0.05)]]
+    frame = records(
+        [
+            {"id": "gen", "response": "chosen", "samples": [sample("other"), sample("chosen", top_logprobs=tops)]},
+            {"id": "cls", "label": "b", "label_probs": [0.25, 0.75]},
+            {"id": "flat", "response": "f", "samples": [sample("f", top_logprobs=[[math.log(0.25)] * 4])]},
+        ]
+    )
+    out = Entropy(EntropyConfig(max_entropy=1.2)).apply(frame)
+    got = dict(out.select("id", "mean_entropy").iter_rows())
+    first = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))  # 0.2 = residual mass
+    second = -(0.9 * math.log(0.9) + 2 * 0.05 * math.log(0.05))  # nothing left over
+    assert got["gen"] == pytest.approx((first + second) / 2, rel=1e-5)
+    assert got["cls"] == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), rel=1e-5)
+    assert got["flat"] == pytest.approx(math.log(4), rel=1e-5)
+    assert dropped(out) == {"flat": f"high_entropy: {round(math.log(4), 3)} > 1.2"}
+
+
+def test_entropy_quantile_cut_uses_rows_still_kept():
+    rows = [{"id": f"r{k}", "label": "a", "label_probs": [1 - p, p]} for k, p in enumerate(np.linspace(0.01, 0.5, 10))]
+    out = Entropy(EntropyConfig(max_quantile=0.8)).apply(records(rows))
+    assert set(dropped(out)) == {"r8", "r9"}
+    assert dropped(out)["r9"].startswith("high_entropy: 0.693 > q0.8=")
+
+
+# --- config, errors, pipeline --------------------------------------------------------------------
+
+
+def test_missing_column_names_stage_and_column():
+    frame = pl.DataFrame({"id": ["a"], "instruction": ["x"]})
+    with pytest.raises(StageInputError, match="stage 'minhash_dedup' needs column 'input'"):
+        MinHashDedup(show_progress=False).apply(frame)
+    with pytest.raises(StillhouseError, match="stage 'heuristics' needs column 'response'"):
+        Heuristics().apply(frame)
+    with pytest.raises(StillhouseError, match="stage 'consistency' needs column 'samples'"):
+        Consistency().apply(frame)
+
+
+def test_stage_configs_validate_and_build():
+    adapter = TypeAdapter(list[StageConfig])
+    configs = adapter.validate_python(
+        [
+            {"stage": "heuristics", "max_chars": 500},
+            {"stage": "minhash_dedup", "threshold": 0.7, "shingle": "char", "ngram": 5},
+            {"stage": "entropy", "max_quantile": 0.9},
+        ]
+    )
+    stages = [build_stage(c) for c in configs]
+    assert [s.name for s in stages] == ["heuristics", "minhash_dedup", "entropy"]
+    for bad in (
+        {"stage": "heuristics", "max_chars": -1},
+        {"stage": "entropy", "max_quantile": 1.0},
+        {"stage": "minhash_dedup", "treshold": 0.8},
+        {"stage": "heuristics", "min_chars": 10, "max_chars": 5},
+        {"stage": "nope"},
+    ):
+        with pytest.raises(ValidationError):
+            adapter.validate_python([bad])
+    with pytest.raises(ConfigError, match="judge"):
+        build_stage(adapter.validate_python([{"stage": "judge"}])[0])
+
+
+def test_run_stages_on_real_alpaca_prints_and_returns_the_funnel():
+    frame = load_json_rows(shared_data("alpaca", "alpaca_plus_validation_unseen_1000_alpaca.json"))
+    # plant: an exact copy (reformatted) and a near copy (one word changed) of real rows
+    planted = frame.head(2).with_columns(
+        pl.Series("id", ["copy", "near"]),
+        pl.Series("instruction", [frame[0, "instruction"].upper() + "  ", frame[1, "instruction"]]),
+        pl.Series("response", [frame[0, "response"], frame[1, "response"].replace("fraction", "ratio", 1)]),
+    )
+    frame = pl.concat([frame, planted])
+    console = Console(file=io.StringIO(), width=160)
+    stages = [Heuristics(), ExactDedup(), MinHashDedup(MinHashDedupConfig(threshold=0.7), show_progress=False)]
+    out, funnel = run_stages(frame, stages, console=console)
+    assert out.height == frame.height
+    assert [step["stage"] for step in funnel] == ["heuristics", "exact_dedup", "minhash_dedup"]
+    assert funnel[0]["rows_in"] == 1002 and funnel[-1]["rows_out"] == out["drop_stage"].is_null().sum()
+    reasons = dropped(out)
+    assert {reasons.get("r0", ""), reasons.get("copy", "")} & {"exact_duplicate: of copy", "exact_duplicate: of r0"}
+    near = reasons.get("near", reasons.get("r1", ""))
+    assert near.startswith("near_duplicate: of ")
+    assert funnel[1]["dropped"] == {"exact_duplicate": 1}
+    assert funnel[0]["rows_out"] > 990  # real, mostly clean data survives the heuristics
+    printed = console.file.getvalue()
+    assert "Curation funnel" in printed and "exact_duplicate 1" in printed
+
+
+def test_heuristics_on_real_self_instruct_rows():
+    frame = load_json_rows(shared_data("self_instruct", "alpaca_plus_validation_seen_1000_self_instruct.json"))
+    out = Heuristics().apply(frame)
+    reasons = out.filter(pl.col("drop_stage").is_not_null())
+    codes = set(reasons["drop_reason"].str.split(":").list.first().to_list())
+    assert codes <= {"repetitive", "non_text", "not_english"}
+    assert 0 < reasons.height < 20
+    russian = out.filter(pl.col("response").str.contains("[а-я]"))
+    assert russian["drop_reason"].str.starts_with("not_english").all()

@@ -1,0 +1,159 @@
+import base64
+import re
+
+import polars as pl
+import pytest
+
+from curation.store import DatasetStore
+from stillhouse.report import write_report
+
+LABELS = ["refund_request", "delivery_late", "card_lost"]
+SCRIPT_TEXT = "<script>alert('x')</script> where is my parcel & my refund?"
+TINY_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+def full_frame(n: int = 40) -> pl.DataFrame:
+    """Every optional column: labels, soft labels, scores, dup clusters, review, 3 stages of drops."""
+    drops = {
+        3: ("minhash_dedup", "near_duplicate: of row 2"),
+        4: ("minhash_dedup", "near_duplicate: of row 2"),
+        7: ("heuristics", "too_short: 4 chars < 10"),
+        8: ("heuristics", "too_short: 4 chars < 10"),
+        9: ("heuristics", "too_short: 4 chars < 10"),
+        10: ("heuristics", "blocklist: matched 'script'"),
+        11: ("judge", "low_score: 1.5 < 3"),
+        12: ("judge", "low_score: 1.5 < 3"),
+    }
+    texts = [f"ticket number {i} about my order and a refund" for i in range(n)]
+    texts[10] = SCRIPT_TEXT
+    review = [None] * n
+    review[0] = {"status": "accepted", "reviewer": "ana", "rating": 5}
+    review[1] = {"status": "rejected", "reviewer": "ana", "rating": 1}
+    review[5] = {"status": "corrected", "reviewer": "bo", "rating": 3, "correction": "card_lost", "original": "x<b>"}
+    return pl.DataFrame(
+        {
+            "id": [f"id{i}" for i in range(n)],
+            "instruction": ["Classify the intent of this support ticket."] * n,
+            "input": texts,
+            "origin": ["seed" if i % 3 else "self_instruct" for i in range(n)],
+            "label": [LABELS[i % 3] for i in range(n)],
+            "label_probs": [[0.8, 0.1, 0.1] if i % 2 else [0.2, 0.3, 0.5] for i in range(n)],
+            "drop_stage": [drops[i][0] if i in drops else None for i in range(n)],
+            "drop_reason": [drops[i][1] if i in drops else None for i in range(n)],
+            "review": review,
+            "dup_cluster": [2 if i in (2, 3, 4, 10) else None for i in range(n)],
+            "mean_entropy": [0.1 * (i % 7) for i in range(n)],
+            "judge_score": [float(i % 5) + 1 for i in range(n)],
+            "consistency": [1.0 - 0.02 * i for i in range(n)],
+        },
+        schema_overrides={
+            "review": pl.Struct(
+                {
+                    "status": pl.String,
+                    "reviewer": pl.String,
+                    "rating": pl.Int32,
+                    "correction": pl.String,
+                    "original": pl.String,
+                }
+            )
+        },
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    return DatasetStore(tmp_path / "datasets")
+
+
+def test_full_report_has_every_section_with_plots(store, tmp_path):
+    parent = store.publish("tickets", full_frame(20))
+    version = store.publish(
+        "tickets",
+        full_frame(),
+        parent=parent.ref,
+        label_set=LABELS,
+        config={"teacher": {"backend": "openai", "api_key": "sk-live-secret"}},
+        description="Support tickets <labelled> by the teacher.",
+    )
+    reliability = tmp_path / "eval" / "reliability.png"
+    reliability.parent.mkdir()
+    reliability.write_bytes(TINY_PNG)
+    evaluation = {
+        "student": {"macro_f1": 0.8, "ece": 0.05, "latency_ms_p50": 1.5, "latency_ms_p95": 3.0, "params": 1_000_000},
+        "teacher": {"macro_f1": 0.9, "ece": 0.04, "latency_ms_p50": 15.0, "latency_ms_p95": 30.0, "params": 22_000_000},
+        "agreement": 0.91,
+        "cost_per_million": {"student_usd": 0.02, "teacher_usd": 1.3},
+        "reliability_png": str(reliability),
+        "confusion_png": str(tmp_path / "missing.png"),
+    }
+    review = {"pushed": 30, "answered": 3, "rejection_rate": {"seed": 0.5}, "api_key": "argilla-secret-key"}
+
+    out = write_report(version, tmp_path / "reports" / "tickets-v2.html", evaluation=evaluation, review=review)
+
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    for section in ("lineage", "funnel", "distributions", "labels", "duplicates", "drops", "review", "evaluation"):
+        assert f'<section id="{section}">' in page
+    # lineage
+    assert "tickets@v2" in page and "tickets@v1" in page and version.manifest["created_at"] in page
+    assert "Support tickets &lt;labelled&gt; by the teacher." in page
+    # charts: funnel SVG; input length, confidence, entropy, judge, consistency, labels; reliability diagram
+    assert page.count("<svg") == 1
+    assert page.count("data:image/png;base64,") >= 7
+    assert base64.b64encode(TINY_PNG).decode() in page
+    assert "image not found" in page and "missing.png" in page
+    for name in ("mean_entropy", "judge_score", "consistency", "teacher confidence"):
+        assert name in page
+    # funnel stages and reasons in chart and table
+    for stage, reason in (("minhash_dedup", "near_duplicate"), ("heuristics", "too_short"), ("judge", "low_score")):
+        assert stage in page and reason in page
+    assert "<td>heuristics</td><td>38</td><td>4</td><td>too_short 3, blocklist 1</td><td>34</td>" in page
+    # every drop reason has examples; the duplicate cluster shows kept and dropped members
+    assert "blocklist: matched &#x27;script&#x27;" in page and "low_score: 1.5 &lt; 3" in page
+    assert "cluster 2: 4 rows" in page
+    duplicates = page.split('<section id="duplicates">')[1].split("</section>")[0]
+    assert "badge kept" in duplicates and "badge dropped" in duplicates
+    # dataset text is escaped everywhere it appears
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; where is my parcel &amp; my refund?" in page
+    assert "x&lt;b&gt;" in page  # review correction's original text
+    # review: verdicts from the column, rejection rate per origin, the summary dict
+    review_html = page.split('<section id="review">')[1].split("</section>")[0]
+    assert "3 rows carry a reviewer verdict" in review_html
+    assert re.search(r"<td>seed</td><td>2</td><td>1</td><td>50.0%</td>", review_html)
+    assert "rejection_rate.seed" in review_html
+    # evaluation: student vs teacher with ratios, other metrics flattened
+    assert "<td>macro_f1</td><td>0.8</td><td>0.9</td><td>0.8889</td>" in page
+    assert "<td>params</td><td>1,000,000</td><td>22,000,000</td><td>0.04545</td>" in page
+    assert "cost_per_million.teacher_usd" in page and "agreement" in page
+    # secrets never reach the report
+    assert "sk-live-secret" not in page and "argilla-secret-key" not in page
+    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no staging file left behind
+
+
+def test_minimal_version_renders(store, tmp_path):
+    frame = pl.DataFrame(
+        {"id": ["a", "b"], "instruction": ["Say hi.", "Say bye."], "input": ["", ""], "origin": ["seed", "seed"]}
+    )
+    version = store.publish("minimal", frame)
+    page = write_report(version, tmp_path / "minimal.html").read_text(encoding="utf-8")
+    assert "minimal@v1" in page
+    assert "all 2 rows were kept" in page
+    assert "This version has no labels." in page
+    assert "no dup_cluster column" in page
+    assert "No row was dropped." in page
+    assert "This version has not been reviewed." in page
+    assert "No student was evaluated for this version." in page
+    assert page.count("data:image/png;base64,") == 1  # only the instruction length varies
+
+
+def test_flat_student_teacher_keys_and_empty_version(store, tmp_path):
+    frame = full_frame(16).with_columns(drop_stage=pl.lit("heuristics"), drop_reason=pl.lit("too_short"))
+    version = store.publish("all-dropped", frame)
+    evaluation = {"student_macro_f1": 0.5, "teacher_macro_f1": 0.25, "macro_f1_ratio": 2.0}
+    page = write_report(version, tmp_path / "r.html", evaluation=evaluation).read_text(encoding="utf-8")
+    assert "<td>macro_f1</td><td>0.5</td><td>0.25</td><td>2</td>" in page
+    assert "<td>macro_f1_ratio</td><td>2</td>" in page
+    assert "0 kept" in page

@@ -1,0 +1,103 @@
+"""Classifier teachers: an encoder + linear head trained here, and an HF sequence classifier."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+from factory.teachers import ClassifierTeacherConfig, ModelNotFoundError, TeacherRequest, build_teacher
+from factory.teachers.classifier import load_encoder, train_encoder_head
+
+TEXTS = {
+    "card": ["my card was declined", "I lost my credit card", "the card does not work at the shop", "new card please"],
+    "transfer": ["my transfer has not arrived", "send money to my sister", "the transfer is pending", "wire failed"],
+    "pin": ["I forgot my pin", "reset my pin code", "pin blocked after three tries", "change the card pin"],
+}
+TASK = "Classify the intent of this support ticket."
+
+
+def run(teacher, requests):
+    async def go():
+        try:
+            return await teacher.generate(requests)
+        finally:
+            await teacher.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def head_dir(tmp_path_factory):
+    texts = [text for label in TEXTS for text in TEXTS[label]]
+    labels = [label for label in TEXTS for _ in TEXTS[label]]
+    return train_encoder_head(texts, labels, tmp_path_factory.mktemp("head"), epochs=60, seed=0)
+
+
+@pytest.mark.slow
+def test_encoder_head_probs_match_a_direct_forward_pass(head_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    assert json.loads((head_dir / "labels.json").read_text()) == ["card", "pin", "transfer"]
+    temperature = 2.0
+    cfg = ClassifierTeacherConfig(model=str(head_dir), kind="encoder_head", temperature=temperature, device="cpu")
+    queries = ["my card got declined at the till", "I can't remember my PIN", "where is the money I sent?"]
+    requests = [TeacherRequest.chat(q, system=TASK) for q in queries]
+    teacher = build_teacher(cfg, cache_dir=tmp_path)
+    generations = run(teacher, requests)
+    assert generations[0].teacher.labels == ("card", "pin", "transfer")
+    probs = torch.tensor([g.class_probs for g in generations])
+    assert torch.allclose(probs.sum(dim=1), torch.ones(len(queries)), atol=1e-5)
+
+    # The same numbers by hand: encoder -> normalised embedding -> head -> softmax(/T).
+    meta = json.loads((head_dir / "encoder_head.json").read_text())
+    encoder = load_encoder(meta["encoder"])
+    head = load_file(str(head_dir / "head.safetensors"))
+    embeddings = encoder.encode(queries, convert_to_tensor=True, normalize_embeddings=True)
+    direct = torch.softmax((embeddings @ head["weight"].T + head["bias"]) / temperature, dim=-1)
+    assert torch.allclose(probs, direct, atol=1e-5)
+    assert [g.samples[0].text for g in generations] == ["card", "pin", "transfer"]  # it learned the task
+
+    # A second run is served from the cache; another temperature is not.
+    again = build_teacher(cfg, cache_dir=tmp_path)
+    assert all(g.cached for g in run(again, requests)) and again.stats.requests_sent == 0
+    sharper = build_teacher(cfg.model_copy(update={"temperature": 0.5}), cache_dir=tmp_path)
+    sharp = run(sharper, requests)
+    assert not any(g.cached for g in sharp)
+    assert max(sharp[0].class_probs) > max(generations[0].class_probs)
+
+
+def test_hf_sequence_classifier(tiny_llama, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(tiny_llama)
+    config.num_labels = 3
+    config.id2label = {0: "negative", 1: "neutral", 2: "positive"}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config).eval()
+    model_dir = tmp_path / "clf"
+    model.save_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.save_pretrained(model_dir)
+
+    cfg = ClassifierTeacherConfig(model=str(model_dir), kind="hf", temperature=1.5, batch_size=2, device="cpu")
+    texts = ["great product", "the parcel is late again and nobody answers", "it is fine"]
+    generations = run(build_teacher(cfg), [TeacherRequest.chat(t, system=TASK) for t in texts])
+    assert generations[0].teacher.labels == ("negative", "neutral", "positive")
+    probs = torch.tensor([g.class_probs for g in generations])
+    assert torch.allclose(probs.sum(dim=1), torch.ones(3), atol=1e-5)
+    with torch.no_grad():  # one text at a time, no padding: the batched path must agree
+        direct = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])
+    assert torch.allclose(probs, torch.softmax(direct / 1.5, dim=-1), atol=1e-4)
+
+
+def test_missing_classifier_directory_is_one_clear_error(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ModelNotFoundError, match=f"{missing} does not exist"):
+        build_teacher(ClassifierTeacherConfig(model=str(missing), kind="encoder_head"))
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ModelNotFoundError, match="has no head.safetensors"):
+        build_teacher(ClassifierTeacherConfig(model=str(tmp_path / "half"), kind="encoder_head"))

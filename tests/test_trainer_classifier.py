@@ -1,0 +1,216 @@
+"""Classifier KD end to end on a tiny published version: train, resume, save/load, ONNX, evaluate, CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from curation.store import DatasetStore
+from factory.errors import StillhouseError
+from factory.schema import record_id
+from trainer.bag_model import BagClassifier
+from trainer.config import HashedBagStudent, TrainConfig
+from trainer.evaluate import calibration_bins, evaluate, expected_calibration_error
+from trainer.training import PROVENANCE_FILE, train
+
+LABELS = ["card_lost", "transfer_late", "pin_reset"]
+PHRASES = {
+    "card_lost": ["i lost my card", "my card was stolen", "cannot find my debit card", "card missing since monday"],
+    "transfer_late": ["my transfer has not arrived", "payment still pending", "money sent yesterday is not there"],
+    "pin_reset": ["i forgot my pin", "how do i reset the pin", "pin is blocked after three tries"],
+}
+OPENERS = ["hello,", "hi team,", "urgent:", "", "please help,", "good morning,"]
+CLOSERS = ["", "thanks", "what should i do?", "can you check?", "asap please"]
+INSTRUCTION = "Classify the intent of this support ticket."
+
+
+def tickets(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(LABELS)
+        text = " ".join(part for part in (rng.choice(OPENERS), rng.choice(PHRASES[label]), rng.choice(CLOSERS)) if part)
+        rows.append((text, label))
+    return rows
+
+
+def publish_tickets(root: Path, n: int = 150, with_probs: bool = True) -> str:
+    rows = list(dict.fromkeys(tickets(n, seed=1)))  # unique texts: ids are content hashes
+    probs = []
+    for _, label in rows:
+        p = np.full(len(LABELS), 0.1)
+        p[LABELS.index(label)] = 0.8
+        probs.append(p.astype(np.float32).tolist())
+    frame = pl.DataFrame(
+        {
+            "id": [record_id(INSTRUCTION, text, "import") for text, _ in rows],
+            "instruction": [INSTRUCTION] * len(rows),
+            "input": [text for text, _ in rows],
+            "origin": ["import"] * len(rows),
+            "label": [label for _, label in rows],
+            "label_probs": probs if with_probs else [None] * len(rows),
+        }
+    )
+    version = DatasetStore(root).publish("tickets", frame, label_set=LABELS)
+    return version.ref
+
+
+def small_config(root: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(
+        dataset="tickets@latest",
+        store_root=root,
+        objective="classifier_kd",
+        student=HashedBagStudent(buckets=4096, dim=16, val_fraction=0.2),
+        output_dir=out,
+        epochs=6,
+        batch_size=16,
+        temperature=2.0,
+        alpha=0.7,
+        seed=3,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def test_file(tmp_path) -> Path:
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in tickets(60, seed=99)) + "\n")
+    return path
+
+
+def test_classifier_kd_end_to_end(tmp_path, test_file):
+    root = tmp_path / "store"
+    ref = publish_tickets(root)
+    result = train(small_config(root, tmp_path / "run"))
+
+    provenance = json.loads((result.model_dir / PROVENANCE_FILE).read_text())
+    version = DatasetStore(root).resolve(ref)
+    assert provenance["dataset"] == ref == result.dataset_ref
+    assert provenance["manifest_sha256"] == version.manifest_sha256
+    assert provenance["labels"] == LABELS and provenance["calibration_temperature"] > 0
+    assert result.losses[-1] < result.losses[0]
+
+    report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=20)
+    assert report["student"]["macro_f1"] > 0.9
+    assert 0 <= report["student"]["ece"] <= 1
+    for name in ("evaluation.json", "evaluation.md", "reliability.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["dataset"] == ref
+    assert "macro-F1" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+
+def test_save_load_and_onnx_parity(tmp_path):
+    root = tmp_path / "store"
+    publish_tickets(root)
+    result = train(small_config(root, tmp_path / "run", epochs=2))
+    model = BagClassifier.from_pretrained(result.model_dir)
+    texts = ["hi, i forgot my pin", "transfer", "some words never seen before in training at all", "card stolen!!"]
+    fresh = BagClassifier.from_pretrained(result.model_dir)
+    np.testing.assert_array_equal(model.predict_proba(texts), fresh.predict_proba(texts))
+
+    import onnxruntime
+
+    path = model.export_onnx(tmp_path / "student.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids = model.featurizer.batch(texts).numpy()  # another batch size and width than the export example
+    (onnx_probs,) = session.run(["probs"], {"ids": ids})
+    np.testing.assert_allclose(onnx_probs, model.predict_proba(texts), atol=1e-5)
+    assert (result.model_dir / "model.onnx").is_file()  # train exports (and parity-checks) too
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    root = tmp_path / "store"
+    publish_tickets(root)
+    whole = train(small_config(root, tmp_path / "whole", epochs=3, checkpoint_every=5))
+    checkpoints = sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1  # only the last is kept
+    interrupted_at = int(checkpoints[0].name.split("-")[1])
+    assert 0 < interrupted_at < whole.steps
+
+    # a second run directory that holds only what an interrupted run would have left
+    shutil.copytree(checkpoints[0], tmp_path / "resumed" / "checkpoints" / checkpoints[0].name)
+    resumed = train(small_config(root, tmp_path / "resumed", epochs=3, checkpoint_every=5))
+    assert resumed.resumed_from == interrupted_at and resumed.steps == whole.steps
+    assert resumed.losses == pytest.approx(whole.losses[interrupted_at:], abs=0)
+    a = BagClassifier.from_pretrained(whole.model_dir).net.state_dict()
+    b = BagClassifier.from_pretrained(resumed.model_dir).net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hard_label_objective_needs_no_probs_but_kd_does(tmp_path):
+    root = tmp_path / "store"
+    publish_tickets(root, with_probs=False)
+    with pytest.raises(StillhouseError, match="label_probs.*alpha: 0"):
+        train(small_config(root, tmp_path / "kd"))
+    result = train(small_config(root, tmp_path / "hard", alpha=0.0, epochs=1))
+    assert result.steps > 0
+
+
+def test_unknown_label_is_refused_naming_the_row(tmp_path):
+    root = tmp_path / "store"
+    frame = pl.DataFrame(
+        {"id": ["a", "b"], "instruction": [INSTRUCTION] * 2, "input": ["x", "y"], "origin": ["import"] * 2,
+         "label": ["card_lost", "weather"]}
+    )
+    DatasetStore(root).publish("tickets", frame, label_set=LABELS)
+    with pytest.raises(StillhouseError, match="row 1 .*'weather' is not in the label_set"):
+        train(small_config(root, tmp_path / "run", alpha=0.0))
+
+
+def test_ece_matches_hand_computed_example():
+    # bins of width 1/15; 0.95 and 0.97 share the top bin, 0.55 and 0.6 share bin 9, 0.2 is alone in bin 3
+    confidence = np.array([0.95, 0.97, 0.55, 0.6, 0.2])
+    correct = np.array([1, 0, 1, 1, 0])
+    expected = (2 / 5) * abs(0.5 - 0.96) + (2 / 5) * abs(1.0 - 0.575) + (1 / 5) * abs(0.0 - 0.2)
+    assert expected_calibration_error(confidence, correct) == pytest.approx(expected)
+    bins = calibration_bins(confidence, correct)
+    assert bins.height == 15 and bins["count"].sum() == 5
+    assert bins["count"][14] == 2 and bins["count"][8] == 2 and bins["count"][2] == 1
+    # confidence exactly on an edge falls in the lower bin: (lo, hi]
+    assert calibration_bins(np.array([1 / 15]), np.array([1]))["count"][0] == 1
+    assert expected_calibration_error(np.array([1.0, 1.0]), np.array([1, 1])) == 0.0
+
+
+def write_config(path: Path, root: Path, out: Path, dataset: str = "tickets@latest") -> Path:
+    path.write_text(
+        f"dataset: {dataset}\nstore_root: {root}\nobjective: classifier_kd\noutput_dir: {out}\nepochs: 2\n"
+        "batch_size: 16\nalpha: 0.5\nstudent:\n  type: hashed_bag\n  buckets: 2048\n  dim: 8\n"
+    )
+    return path
+
+
+def test_cli_train_and_eval(tmp_path, run_cli, test_file):
+    root = tmp_path / "store"
+    publish_tickets(root)
+    config = write_config(tmp_path / "train.yaml", root, tmp_path / "run")
+    code, out, err = run_cli("train", config)
+    assert code == 0, err
+    assert "trained on tickets@v1" in out
+    model_dir = tmp_path / "run" / "model"
+    code, out, err = run_cli("eval", model_dir, "--test", test_file, "--latency-examples", "5")
+    assert code == 0, err
+    assert "student: macro-F1" in out
+    assert (model_dir / "evaluation" / "evaluation.md").is_file()
+
+
+def test_cli_errors_are_one_line(tmp_path, run_cli, test_file):
+    root = tmp_path / "store"
+    publish_tickets(root)
+    config = write_config(tmp_path / "train.yaml", root, tmp_path / "run", dataset="nosuch@v1")
+    code, _, err = run_cli("train", config)
+    assert code == 1 and "unknown dataset 'nosuch'" in err and "Traceback" not in err
+
+    (tmp_path / "bad.yaml").write_text("dataset: tickets@v1\noutput_dir: x\nlearning_rate: 3\n")
+    code, _, err = run_cli("train", tmp_path / "bad.yaml")
+    assert code == 1 and "bad.yaml:3" in err and "learning_rate" in err
+
+    code, _, err = run_cli("eval", tmp_path / "nomodel", "--test", test_file)
+    assert code == 1 and "nomodel" in err

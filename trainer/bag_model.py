@@ -1,0 +1,171 @@
+"""A fastText-style text classifier: hashed word and character n-grams, averaged, one linear layer.
+
+Much smaller and faster than a transformer teacher: a prediction is one hash per
+n-gram, one embedding lookup and one matrix-vector product. The featurizer is part
+of the saved model (its settings go in config.json), so a directory fully describes
+how text becomes ids; the ONNX export takes those ids and returns calibrated
+probabilities.
+
+    <dir>/config.json      architecture, featurizer settings, calibration temperature
+    <dir>/labels.json      class names in output order
+    <dir>/model.safetensors weights
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xxhash
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from factory.errors import StillhouseError
+
+MODEL_TYPE = "stillhouse_hashed_bag"
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+@dataclass(frozen=True)
+class Featurizer:
+    """Text -> hashed n-gram ids in [1, buckets); 0 is padding."""
+
+    buckets: int = 1 << 18
+    word_ngrams: int = 2
+    char_min: int = 3
+    char_max: int = 5
+
+    def grams(self, text: str) -> list[str]:
+        words = WORD.findall(text.lower())
+        grams = [f"w:{w}" for w in words]
+        for n in range(2, self.word_ngrams + 1):
+            grams += [f"w{n}:" + " ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+        for word in words:
+            padded = f"<{word}>"
+            for n in range(self.char_min, self.char_max + 1):
+                grams += [f"c:{padded[i : i + n]}" for i in range(len(padded) - n + 1)]
+        return grams
+
+    def ids(self, text: str) -> list[int]:
+        ids = [xxhash.xxh32_intdigest(gram.encode("utf-8")) % (self.buckets - 1) + 1 for gram in self.grams(text)]
+        return ids or [0]
+
+    def batch(self, texts: list[str]) -> torch.Tensor:
+        """[B, L] int64, right-padded with 0."""
+        rows = [self.ids(text) for text in texts]
+        width = max(len(row) for row in rows)
+        out = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return torch.from_numpy(out)
+
+
+class BagNet(nn.Module):
+    """Mean of the n-gram embeddings -> linear layer -> logits."""
+
+    def __init__(self, buckets: int, dim: int, n_labels: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
+        self.output = nn.Linear(dim, n_labels)
+        nn.init.uniform_(self.embedding.weight, -1.0 / dim, 1.0 / dim)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids > 0).unsqueeze(-1).to(self.embedding.weight.dtype)
+        mean = (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.output(mean)
+
+
+class CalibratedProbs(nn.Module):
+    """What the ONNX export computes: softmax(logits / temperature)."""
+
+    def __init__(self, net: BagNet, temperature: float) -> None:
+        super().__init__()
+        self.net, self.temperature = net, temperature
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(ids) / self.temperature, dim=-1)
+
+
+class BagClassifier:
+    """Featurizer + BagNet + labels + calibration temperature; save/load as a directory."""
+
+    def __init__(self, featurizer: Featurizer, net: BagNet, labels: list[str], temperature: float = 1.0) -> None:
+        self.featurizer, self.net, self.labels, self.temperature = featurizer, net, list(labels), temperature
+
+    @classmethod
+    def create(cls, labels: list[str], buckets: int, dim: int, word_ngrams: int, char_ngrams: tuple[int, int]):
+        featurizer = Featurizer(buckets, word_ngrams, char_ngrams[0], char_ngrams[1])
+        return cls(featurizer, BagNet(buckets, dim, len(labels)), labels)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        self.net.eval()
+        logits = self.net(self.featurizer.batch(texts))
+        return torch.softmax(logits / self.temperature, dim=-1).numpy()
+
+    def save_pretrained(self, directory: Path | str) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "model_type": MODEL_TYPE,
+            "featurizer": asdict(self.featurizer),
+            "dim": self.net.embedding.embedding_dim,
+            "n_labels": len(self.labels),
+            "temperature": self.temperature,
+        }
+        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (directory / "labels.json").write_text(json.dumps(self.labels, indent=2) + "\n", encoding="utf-8")
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(directory / "model.safetensors"))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: Path | str) -> BagClassifier:
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise StillhouseError(f"{directory}: not a model directory (no config.json)")
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if config.get("model_type") != MODEL_TYPE:
+            raise StillhouseError(f"{config_path}: model_type is {config.get('model_type')!r}, not {MODEL_TYPE!r}")
+        featurizer = Featurizer(**config["featurizer"])
+        labels = json.loads((directory / "labels.json").read_text(encoding="utf-8"))
+        net = BagNet(featurizer.buckets, config["dim"], config["n_labels"])
+        net.load_state_dict(load_file(str(directory / "model.safetensors")))
+        net.eval()
+        return cls(featurizer, net, labels, float(config["temperature"]))
+
+    def export_onnx(self, path: Path | str, check_texts: list[str] | None = None, atol: float = 1e-5) -> Path:
+        """Write an ONNX graph (ids [batch, n_grams] -> probs [batch, labels]) and check it against onnxruntime."""
+        import onnxruntime
+
+        path = Path(path)
+        module = CalibratedProbs(self.net, self.temperature).eval()
+        example = self.featurizer.batch(check_texts or ["an example text", "a second, longer example text"])
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["ids"],
+            output_names=["probs"],
+            dynamic_axes={"ids": {0: "batch", 1: "n_grams"}, "probs": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (onnx_probs,) = session.run(["probs"], {"ids": example.numpy()})
+        with torch.inference_mode():
+            torch_probs = module(example).numpy()
+        error = float(np.abs(onnx_probs - torch_probs).max())
+        if error > atol:
+            raise StillhouseError(f"{path}: ONNX export differs from torch by {error:.2e} (> {atol:.0e})")
+        return path

@@ -1,0 +1,120 @@
+"""Classifier KD: a hashed-bag student learns the teacher's `label_probs` (and/or its hard labels).
+
+loss = alpha * KL(teacher_T || student_T) * T² + (1 - alpha) * CE(student, label);
+alpha = 0 is the hard-label baseline. After training, a calibration temperature is
+fitted on held-out rows (NLL of the dataset's labels) and saved with the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from curation.store import DatasetVersion
+from factory.errors import StillhouseError
+from trainer.bag_model import BagClassifier
+from trainer.config import HashedBagStudent, TrainConfig
+from trainer.losses import classifier_kd_loss
+from trainer.loop import LoopResult, epoch_order, run_loop, seed_everything
+
+
+def classification_frame(version: DatasetVersion, needs_probs: bool) -> tuple[list[str], pl.DataFrame]:
+    """The label set and a frame with text, label index and teacher probs; bad rows raise naming the row."""
+    labels = version.label_set
+    if not labels:
+        raise StillhouseError(f"{version.ref}: the manifest has no label_set; classifier training needs one")
+    frame = version.read(columns=["id", "instruction", "input", "label", "label_probs"])
+    if frame.height == 0:
+        raise StillhouseError(f"{version.ref}: no kept rows to train on")
+    frame = frame.with_columns(
+        text=pl.when(pl.col("input").fill_null("") != "").then(pl.col("input")).otherwise(pl.col("instruction")),
+        label_index=pl.col("label").replace_strict(labels, list(range(len(labels))), default=-1, return_dtype=pl.Int64),
+    )
+    unknown = frame["label_index"] == -1
+    if unknown.any():
+        row = int(unknown.arg_true()[0])
+        raise StillhouseError(
+            f"{version.ref}: column 'label' row {row} (id {frame['id'][row]}): {frame['label'][row]!r} is not in the "
+            f"label_set"
+        )
+    if needs_probs:
+        bad = frame["label_probs"].is_null() | (frame["label_probs"].list.len() != len(labels))
+        if bad.any():
+            row = int(bad.arg_true()[0])
+            raise StillhouseError(
+                f"{version.ref}: column 'label_probs' row {row} (id {frame['id'][row]}): needs {len(labels)} "
+                f"probabilities for KD (alpha > 0); use alpha: 0 to train on hard labels only"
+            )
+    return labels, frame
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature minimising held-out NLL, from a fixed log-spaced grid (deterministic)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
+    nll = [float(torch.nn.functional.cross_entropy(logits / t, labels)) for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Path) -> tuple[LoopResult, dict]:
+    student: HashedBagStudent = config.student  # type: ignore[assignment]
+    seed_everything(config.seed)
+    labels, frame = classification_frame(version, needs_probs=config.alpha > 0)
+    model = BagClassifier.create(labels, student.buckets, student.dim, student.word_ngrams, student.char_ngrams)
+
+    features = [model.featurizer.ids(text) for text in frame["text"]]
+    hard = torch.tensor(frame["label_index"].to_numpy(), dtype=torch.long)
+    soft = torch.tensor(np.stack(frame["label_probs"].to_numpy()), dtype=torch.float32) if config.alpha > 0 else None
+
+    order = epoch_order(frame.height, config.seed, epoch=-1)
+    n_val = int(round(student.val_fraction * frame.height)) if frame.height >= 20 else 0
+    val_rows, train_rows = order[:n_val], order[n_val:]
+
+    def ids_for(rows: list[int]) -> torch.Tensor:
+        width = max(len(features[r]) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(features[r])] = torch.tensor(features[r])
+        return ids
+
+    def batches_for_epoch(epoch: int) -> list[list[int]]:
+        shuffled = [train_rows[i] for i in epoch_order(len(train_rows), config.seed, epoch)]
+        return [shuffled[i : i + config.batch_size] for i in range(0, len(shuffled), config.batch_size)]
+
+    def loss_fn(rows: list[int]) -> torch.Tensor:
+        logits = model.net(ids_for(rows))
+        teacher = soft[rows] if soft is not None else None
+        if teacher is None:
+            return torch.nn.functional.cross_entropy(logits, hard[rows])
+        return classifier_kd_loss(logits, teacher, hard[rows], config.temperature, config.alpha)
+
+    # sparse embedding gradients: Adagrad updates only the n-grams a batch touched (fastText's trick)
+    optimizer = torch.optim.Adagrad(model.net.parameters(), lr=config.learning_rate)
+    result = run_loop(
+        model.net,
+        optimizer,
+        batches_for_epoch,
+        loss_fn,
+        epochs=config.epochs,
+        lr=config.learning_rate,
+        output_dir=config.output_dir,
+        checkpoint_every=config.checkpoint_every,
+        resume=config.resume,
+        description=f"classifier {'KD' if config.alpha > 0 else 'CE'}",
+        max_grad_norm=0.0,
+    )
+    if val_rows:
+        with torch.inference_mode():
+            model.temperature = fit_temperature(model.net(ids_for(val_rows)), hard[val_rows])
+    model.save_pretrained(model_dir)
+    model.export_onnx(model_dir / "model.onnx", check_texts=list(frame["text"].head(8)))
+    details = {
+        "labels": labels,
+        "rows": {"train": len(train_rows), "calibration": len(val_rows)},
+        "calibration_temperature": model.temperature,
+        "num_parameters": model.num_parameters,
+        "onnx": "model.onnx",
+    }
+    return result, details

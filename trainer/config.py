@@ -1,0 +1,86 @@
+"""The training config: which dataset version, which objective, which student, how.
+
+One pydantic model per concept; unknown keys are rejected everywhere so a typo in a
+YAML file is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CausalLMStudent(BaseModel):
+    """A Hugging Face causal LM directory (SFT or token-level KD)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["causal_lm"] = "causal_lm"
+    path: str = Field(description="Local directory of the student model and its tokenizer.")
+    max_length: int = Field(512, ge=8, description="Longest prompt+response, in tokens (longer ones are cut).")
+    packing: bool = Field(False, description="SFT only: concatenate examples into max_length blocks.")
+
+
+class HashedBagStudent(BaseModel):
+    """fastText-style classifier: hashed word + char n-gram embeddings, averaged, one linear layer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["hashed_bag"] = "hashed_bag"
+    buckets: int = Field(1 << 18, ge=16, description="Hash buckets shared by all n-grams.")
+    dim: int = Field(64, ge=2, description="Embedding width.")
+    word_ngrams: int = Field(2, ge=1, le=4, description="Word n-grams up to this length.")
+    char_ngrams: tuple[int, int] = Field((3, 5), description="Character n-gram lengths (min, max) inside words.")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Rows held out to fit the calibration temperature (0: no calibration)."
+    )
+
+
+StudentConfig = Annotated[Union[CausalLMStudent, HashedBagStudent], Field(discriminator="type")]
+
+
+class TrainConfig(BaseModel):
+    """`stillhouse train CONFIG`: distill a student from one published dataset version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="Dataset ref: name, name@latest or name@vN.")
+    store_root: Path | None = Field(None, description="Dataset store root [default: $STILLHOUSE_DATASETS].")
+    objective: Literal["sft", "token_kd", "classifier_kd"] = "classifier_kd"
+    student: StudentConfig = Field(default_factory=HashedBagStudent)
+    output_dir: Path = Field(description="Where the trained model, checkpoints and provenance are written.")
+
+    lr: float | None = Field(None, gt=0, description="Peak learning rate [default: 0.2 hashed_bag, 1e-4 causal_lm].")
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    temperature: float = Field(2.0, gt=0, description="Distillation temperature T (KD objectives).")
+    alpha: float = Field(
+        1.0, ge=0, le=1, description="Weight of the KD term; 1 - alpha goes to cross-entropy on the hard label/token."
+    )
+    kl: Literal["forward", "reverse"] = Field("forward", description="KL(teacher||student) or KL(student||teacher).")
+    lora: bool = Field(False, description="Causal students: train LoRA adapters (peft) instead of all weights.")
+    lora_rank: int = Field(8, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N optimizer steps (0: off).")
+    resume: bool = Field(True, description="Continue from the last checkpoint in output_dir when there is one.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads [default: torch's choice].")
+
+    @model_validator(mode="after")
+    def _objective_fits_student(self) -> TrainConfig:
+        causal = self.student.type == "causal_lm"
+        if causal and self.objective == "classifier_kd":
+            raise ValueError("objective 'classifier_kd' needs a classifier student (student.type: hashed_bag)")
+        if not causal and self.objective != "classifier_kd":
+            raise ValueError(f"objective '{self.objective}' needs a causal LM student (student.type: causal_lm)")
+        if self.lora and not causal:
+            raise ValueError("lora applies to causal_lm students only")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-4 if self.student.type == "causal_lm" else 0.2

@@ -1,0 +1,301 @@
+"""Honest evaluation of a classifier student (and its teacher) on a human-labelled test set.
+
+Quality (macro-F1, their ratio, student/teacher agreement), calibration (expected
+calibration error over 15 equal-width confidence bins, with a reliability diagram),
+and cost (single-example latency p50/p95 on this CPU after warm-up, parameter counts,
+dollars per million predictions at a given hourly machine price). Written as
+evaluation.json, evaluation.md and reliability.png in `out_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import f1_score
+
+from factory.errors import StillhouseError
+
+ECE_BINS = 15
+
+
+class Predictor(Protocol):
+    labels: list[str]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass
+class TestSet:
+    path: Path
+    texts: list[str]
+    labels: list[str]
+
+
+def read_test_file(path: Path | str, text_column: str = "text", label_column: str = "label") -> TestSet:
+    """A JSONL or CSV file with text and label columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise StillhouseError(f"test file {path} does not exist")
+    try:
+        frame = pl.read_ndjson(path) if path.suffix in (".jsonl", ".ndjson", ".json") else pl.read_csv(path)
+    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
+        raise StillhouseError(f"test file {path}: cannot be read as {path.suffix or 'CSV'} ({exc})") from None
+    for column in (text_column, label_column):
+        if column not in frame.columns:
+            raise StillhouseError(f"test file {path}: no '{column}' column (columns: {', '.join(frame.columns)})")
+    frame = frame.select(pl.col(text_column).cast(pl.String), pl.col(label_column).cast(pl.String))
+    missing = frame[text_column].is_null() | frame[label_column].is_null()
+    if missing.any():
+        raise StillhouseError(f"test file {path}: row {int(missing.arg_true()[0]) + 1} has an empty text or label")
+    if frame.height == 0:
+        raise StillhouseError(f"test file {path}: no rows")
+    return TestSet(path, frame[text_column].to_list(), frame[label_column].to_list())
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """sum_b |B_b|/n * |accuracy(B_b) - mean confidence(B_b)| over equal-width bins of (0, 1]."""
+    return float(calibration_bins(confidence, correct, n_bins)["gap_weighted"].sum())
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> pl.DataFrame:
+    """Per bin: count, accuracy, mean confidence and the weighted gap (ECE's terms); bins are (lo, hi]."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    index = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.bincount(index, weights=correct, minlength=n_bins) / count
+        mean_confidence = np.bincount(index, weights=confidence, minlength=n_bins) / count
+    gap = np.where(count > 0, np.abs(accuracy - mean_confidence) * count / max(len(confidence), 1), 0.0)
+    return pl.DataFrame(
+        {
+            "lower": np.arange(n_bins) / n_bins,
+            "upper": np.arange(1, n_bins + 1) / n_bins,
+            "count": count,
+            "accuracy": accuracy,
+            "confidence": mean_confidence,
+            "gap_weighted": gap,
+        }
+    )
+
+
+def latency_ms(predictor: Predictor, texts: list[str], n: int = 200, warmup: int = 20) -> dict[str, float]:
+    """Single-example predict_proba wall time in milliseconds (p50, p95, mean) after warm-up."""
+    for text in texts[:warmup]:
+        predictor.predict_proba([text])
+    timings = []
+    for i in range(n):
+        start = time.perf_counter()
+        predictor.predict_proba([texts[i % len(texts)]])
+        timings.append((time.perf_counter() - start) * 1000)
+    return {"p50": float(np.percentile(timings, 50)), "p95": float(np.percentile(timings, 95)), "mean": float(np.mean(timings))}
+
+
+def num_parameters(predictor: Any) -> int | None:
+    value = getattr(predictor, "num_parameters", None)
+    return int(value() if callable(value) else value) if value is not None else None
+
+
+def load_predictor(directory: Path | str) -> Predictor:
+    """A Stillhouse student directory (config.json model_type stillhouse_hashed_bag) or a classifier teacher dir."""
+    from trainer.bag_model import MODEL_TYPE, BagClassifier
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise StillhouseError(f"model directory {directory} does not exist")
+    config = directory / "config.json"
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE:
+        return BagClassifier.from_pretrained(directory)
+    return TeacherPredictor(directory)
+
+
+class TeacherPredictor:
+    """A classifier teacher directory (hf or encoder_head) through factory.teachers, as a Predictor."""
+
+    def __init__(self, directory: Path, temperature: float = 1.0) -> None:
+        from factory.teachers import ClassifierTeacherConfig, build_teacher
+
+        kind = "encoder_head" if (directory / "encoder_head.json").is_file() else "hf"
+        config = ClassifierTeacherConfig(model=str(directory), kind=kind, temperature=temperature, device="cpu")
+        self.teacher = build_teacher(config)  # no cache_dir: nothing is cached
+        self.labels = list(self.teacher.labels)
+        self.temperature = temperature
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        return torch.softmax(self.teacher.logits(texts) / self.temperature, dim=-1).cpu().numpy()
+
+    @property
+    def num_parameters(self) -> int:
+        import torch
+
+        # every torch module the teacher holds (HF model, or sentence encoder + head)
+        modules = [value for value in vars(self.teacher).values() if isinstance(value, torch.nn.Module)]
+        return sum(p.numel() for module in modules for p in module.parameters())
+
+
+def score(predictor: Predictor, test: TestSet, batch_size: int = 64) -> dict[str, Any]:
+    probs = np.concatenate(
+        [predictor.predict_proba(test.texts[i : i + batch_size]) for i in range(0, len(test.texts), batch_size)]
+    )
+    predicted = [predictor.labels[i] for i in probs.argmax(axis=1)]
+    correct = np.array([p == t for p, t in zip(predicted, test.labels)])
+    confidence = probs.max(axis=1)
+    return {
+        "predicted": predicted,
+        "confidence": confidence,
+        "correct": correct,
+        "macro_f1": float(f1_score(test.labels, predicted, labels=sorted(set(test.labels)), average="macro")),
+        "accuracy": float(correct.mean()),
+        "ece": expected_calibration_error(confidence, correct),
+    }
+
+
+def reliability_diagram(curves: dict[str, pl.DataFrame], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 4.2), squeeze=False)
+    for axis, (name, bins) in zip(axes[0], curves.items()):
+        filled = bins.filter(pl.col("count") > 0)
+        axis.bar(filled["lower"], filled["accuracy"], width=1 / ECE_BINS, align="edge", edgecolor="black", alpha=0.7)
+        axis.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        axis.plot(filled["confidence"], filled["accuracy"], "o", color="crimson", markersize=3, label="bin mean conf.")
+        axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+        axis.set_title(f"{name} (ECE {bins['gap_weighted'].sum():.3f})")
+        axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def evaluate(
+    model_dir: Path | str,
+    test_file: Path | str,
+    teacher_dir: Path | str | None = None,
+    hourly_usd: float = 0.10,
+    out_dir: Path | str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    latency_examples: int = 200,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Score a classifier student (and optionally its teacher) on a human-labelled test file.
+
+    Latency is measured one example at a time with `threads` torch threads for both
+    models; cost per million predictions = hourly_usd * mean latency of one sequential
+    worker. Writes evaluation.json, evaluation.md and reliability.png to `out_dir`
+    (default: <model_dir>/evaluation) and returns the JSON as a dict.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    test = read_test_file(test_file, text_column, label_column)
+    out = Path(out_dir) if out_dir is not None else Path(model_dir) / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+
+    models = {"student": load_predictor(model_dir)}
+    if teacher_dir is not None:
+        models["teacher"] = load_predictor(teacher_dir)
+    report: dict[str, Any] = {"test_file": str(test.path), "examples": len(test.texts), "hourly_usd": hourly_usd}
+    provenance = Path(model_dir) / "stillhouse_training.json"
+    if provenance.is_file():
+        trained = json.loads(provenance.read_text(encoding="utf-8"))
+        report["dataset"], report["manifest_sha256"] = trained.get("dataset"), trained.get("manifest_sha256")
+
+    scores, curves = {}, {}
+    for name, model in models.items():
+        scores[name] = score(model, test)
+        curves[name] = calibration_bins(scores[name]["confidence"], scores[name]["correct"])
+        latency = latency_ms(model, test.texts, n=latency_examples)
+        report[name] = {
+            "path": str(model_dir if name == "student" else teacher_dir),
+            "macro_f1": scores[name]["macro_f1"],
+            "accuracy": scores[name]["accuracy"],
+            "ece": scores[name]["ece"],
+            "latency_ms": latency,
+            "parameters": num_parameters(model),
+            "usd_per_million": hourly_usd / 3600 * latency["mean"] / 1000 * 1e6,
+        }
+    if "teacher" in models:
+        student, teacher = report["student"], report["teacher"]
+        agreement = np.mean([a == b for a, b in zip(scores["student"]["predicted"], scores["teacher"]["predicted"])])
+        params = (student["parameters"] / teacher["parameters"]) if student["parameters"] and teacher["parameters"] else None
+        report["ratios"] = {
+            "f1": student["macro_f1"] / teacher["macro_f1"] if teacher["macro_f1"] else None,
+            "agreement": float(agreement),
+            "latency_p50": student["latency_ms"]["p50"] / teacher["latency_ms"]["p50"],
+            "latency_p95": student["latency_ms"]["p95"] / teacher["latency_ms"]["p95"],
+            "parameters": params,
+            "cost": student["usd_per_million"] / teacher["usd_per_million"],
+        }
+    report["reliability_png"] = str(reliability_diagram(curves, out / "reliability.png"))
+    report["calibration_bins"] = {name: bins.to_dicts() for name, bins in curves.items()}
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    (out / "evaluation.md").write_text(markdown_report(report), encoding="utf-8")
+    report["out_dir"] = str(out)
+    return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    names = [name for name in ("teacher", "student") if name in report]
+    lines = [
+        "# Student evaluation",
+        "",
+        f"Test set: `{report['test_file']}` ({report['examples']} human-labelled examples).",
+    ]
+    if report.get("dataset"):
+        lines.append(f"Trained on `{report['dataset']}` (manifest sha256 `{report['manifest_sha256'][:16]}…`).")
+    lines += [
+        "",
+        "| model | macro-F1 | accuracy | ECE (15 bins) | p50 ms | p95 ms | parameters | $ / 1M predictions |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        m = report[name]
+        lines.append(
+            f"| {name} | {m['macro_f1']:.4f} | {m['accuracy']:.4f} | {m['ece']:.4f} | {m['latency_ms']['p50']:.2f} | "
+            f"{m['latency_ms']['p95']:.2f} | {_fmt(m['parameters'], ',')} | {m['usd_per_million']:.4f} |"
+        )
+    if "ratios" in report:
+        r = report["ratios"]
+        lines += [
+            "",
+            "| student / teacher | value |",
+            "|---|---|",
+            f"| macro-F1 ratio | {_fmt(r['f1'], '.4f')} |",
+            f"| agreement (same predicted label) | {r['agreement']:.4f} |",
+            f"| latency ratio p50 / p95 | {r['latency_p50']:.4f} / {r['latency_p95']:.4f} |",
+            f"| parameter ratio | {_fmt(r['parameters'], '.4f')} |",
+            f"| cost ratio | {r['cost']:.4f} |",
+        ]
+    lines += [
+        "",
+        f"Latency: one example per call, after warm-up, on this CPU. Cost: ${report['hourly_usd']}/hour for one "
+        "worker serving predictions one after another at the mean latency.",
+        "",
+        "![reliability diagram](reliability.png)",
+        "",
+    ]
+    return "\n".join(lines)
