@@ -3,7 +3,8 @@
 1. Teacher: the offline MiniLM sentence encoder + a linear head trained on the human
    train split (factory.teachers.train_encoder_head).
 2. The teacher labels the train texts with soft targets through the `classifier`
-   teacher backend; the result is published as a dataset version (DatasetStore).
+   teacher backend (with --augment N, also N perturbed copies of each text, Tang et al.
+   2019); the result is published as a dataset version (DatasetStore).
 3. Students: the same hashed-bag architecture trained with KD (soft targets) and with
    the teacher's hard labels only, 3 seeds each, from that version.
 4. Everything is scored on the human-labelled test split: macro-F1, ratio, ECE,
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -39,17 +41,35 @@ from curation.store import DatasetStore  # noqa: E402
 from factory.schema import record_id  # noqa: E402
 from factory.teachers import ClassifierTeacherConfig, TeacherRequest, build_teacher, train_encoder_head  # noqa: E402
 from trainer.config import HashedBagStudent, TrainConfig  # noqa: E402
-from trainer.evaluate import evaluate  # noqa: E402
+from trainer.evaluation import evaluate  # noqa: E402
 from trainer.training import train  # noqa: E402
 
 INSTRUCTION = "Classify the intent of this customer-support ticket."
-SEEDS = (0, 1, 2)
 console = Console()
 
 
 def load_split(data: Path, name: str, limit: int | None, seed: int = 0) -> pl.DataFrame:
     frame = pl.read_csv(data / f"{name}.csv").unique("text", keep="first", maintain_order=True)
     return frame.sample(n=limit, seed=seed, shuffle=True) if limit and limit < frame.height else frame
+
+
+def augment(texts: list[str], copies: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Perturbed copies of each text for the teacher to label (Tang et al., 2019): word dropout,
+    random word replacement and n-gram windows. Returns (text, index of the original)."""
+    rng = random.Random(seed)
+    vocabulary = sorted({word for text in texts for word in text.split()})
+    out = []
+    for index, text in enumerate(texts):
+        words = text.split()
+        for _ in range(copies if len(words) >= 3 else 0):
+            kept = [w if rng.random() > 0.1 else rng.choice(vocabulary) for w in words if rng.random() > 0.15]
+            kept = kept or words[:1]
+            if rng.random() < 0.25 and len(kept) > 2:
+                size = max(2, int(len(kept) * rng.uniform(0.6, 1.0)))
+                start = rng.randint(0, len(kept) - size)
+                kept = kept[start : start + size]
+            out.append((" ".join(kept), index))
+    return out
 
 
 def label_with_teacher(teacher_dir: Path, texts: list[str]) -> tuple[list[list[float]], list[str], dict]:
@@ -63,13 +83,23 @@ def label_with_teacher(teacher_dir: Path, texts: list[str]) -> tuple[list[list[f
     return [g.class_probs for g in generations], list(teacher.labels), teacher.identity.record(requests[0])
 
 
-def publish_version(store: DatasetStore, texts: list[str], probs: list[list[float]], labels: list[str], teacher: dict):
+def publish_version(
+    store: DatasetStore,
+    texts: list[str],
+    parents: list[str | None],
+    probs: list[list[float]],
+    labels: list[str],
+    teacher: dict,
+    augment_copies: int,
+):
+    ids = [record_id(INSTRUCTION, text, "import", parent) for text, parent in zip(texts, parents)]
     frame = pl.DataFrame(
         {
-            "id": [record_id(INSTRUCTION, text, "import") for text in texts],
+            "id": ids,
             "instruction": [INSTRUCTION] * len(texts),
             "input": texts,
             "origin": ["import"] * len(texts),
+            "parent_id": parents,
             "label": [labels[max(range(len(p)), key=p.__getitem__)] for p in probs],
             "label_probs": probs,
             "teacher": [teacher] * len(texts),
@@ -80,8 +110,11 @@ def publish_version(store: DatasetStore, texts: list[str], probs: list[list[floa
         "banking77-soft",
         frame,
         label_set=labels,
-        description="Banking77 train texts labelled with soft targets by a MiniLM encoder-head teacher.",
-        config={"teacher": teacher["model"]},
+        description=(
+            "Banking77 train texts and perturbed copies of them, labelled with soft targets by a MiniLM encoder-head "
+            "teacher (parent_id: the train text a copy was made from)."
+        ),
+        config={"teacher": teacher["model"], "augment_copies": augment_copies},
     )
 
 
@@ -90,9 +123,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 train / 770 test texts, 1 seed")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data root")
     parser.add_argument("--work", type=Path, default=None, help="work directory [default: a temporary one]")
-    parser.add_argument("--temperature", type=float, default=2.0, help="KD temperature")
-    parser.add_argument("--alpha", type=float, default=0.9, help="KD weight (the hard student uses 0)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="KD temperature")
+    parser.add_argument("--alpha", type=float, default=1.0, help="KD weight (the hard student uses 0)")
     parser.add_argument("--epochs", type=float, default=5)
+    parser.add_argument(
+        "--augment", type=int, default=0, help="perturbed copies per train text for the teacher to label"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="student seeds per objective (--quick: 1)")
     parser.add_argument("--hourly-usd", type=float, default=0.10)
     args = parser.parse_args()
 
@@ -106,20 +143,30 @@ def main() -> None:
     test_split = load_split(data, "test", 770 if args.quick else None)
     test_file = work / "test.csv"
     test_split.write_csv(test_file)
-    seeds = SEEDS[:1] if args.quick else SEEDS
+    seeds = list(range(1 if args.quick else args.seeds))
     console.print(f"banking77: {train_split.height} train, {test_split.height} test, {len(categories)} intents; {work}")
 
     started = time.perf_counter()
     teacher_dir = work / "teacher"
     if not (teacher_dir / "head.safetensors").is_file():
-        train_encoder_head(train_split["text"].to_list(), train_split["category"].to_list(), teacher_dir, label_set=categories)
+        train_encoder_head(
+            train_split["text"].to_list(), train_split["category"].to_list(), teacher_dir, label_set=categories
+        )
     console.print(f"teacher trained ({time.perf_counter() - started:.0f} s)")
 
     store = DatasetStore(work / "datasets")
-    texts = train_split["text"].to_list()
+    originals = train_split["text"].to_list()
+    seen = set(originals)
+    copies = [(text, index) for text, index in augment(originals, args.augment) if text not in seen]
+    copies = list({text: (text, index) for text, index in copies}.values())  # one row per distinct text
+    texts = originals + [text for text, _ in copies]
+    original_ids = [record_id(INSTRUCTION, text, "import") for text in originals]
+    parents = [None] * len(originals) + [original_ids[index] for _, index in copies]
     probs, labels, identity = label_with_teacher(teacher_dir, texts)
-    version = publish_version(store, texts, probs, labels, identity)
-    console.print(f"published {version.ref} ({version.manifest['rows']['kept']} rows, {time.perf_counter() - started:.0f} s)")
+    version = publish_version(store, texts, parents, probs, labels, identity, args.augment)
+    console.print(
+        f"published {version.ref} ({version.manifest['rows']['kept']} rows, {time.perf_counter() - started:.0f} s)"
+    )
 
     runs: dict[str, list[dict]] = {"kd": [], "hard": []}
     full_report = None
@@ -149,7 +196,9 @@ def main() -> None:
             )
             full_report = full_report or report
             runs[kind].append(report["student"])
-            console.print(f"{kind} seed {seed}: macro-F1 {report['student']['macro_f1']:.4f} ECE {report['student']['ece']:.4f}")
+            console.print(
+                f"{kind} seed {seed}: macro-F1 {report['student']['macro_f1']:.4f} ECE {report['student']['ece']:.4f}"
+            )
 
     teacher = full_report["teacher"]
 
@@ -162,17 +211,33 @@ def main() -> None:
             values.append(value)
         return statistics.fmean(values)
 
-    table = Table("model", "macro-F1", "F1 / teacher", "ECE", "p50 ms", "p95 ms", "params", f"mean of {len(seeds)} seeds")
-    table.add_row(
-        "teacher (MiniLM + head)", f"{teacher['macro_f1']:.4f}", "1.000", f"{teacher['ece']:.4f}",
-        f"{teacher['latency_ms']['p50']:.2f}", f"{teacher['latency_ms']['p95']:.2f}", f"{teacher['parameters']:,}", "",
+    table = Table(
+        "model", "macro-F1", "F1 / teacher", "ECE", "p50 ms", "p95 ms", "params", f"mean of {len(seeds)} seeds"
     )
-    for kind, name in (("kd", f"student KD (T={args.temperature}, alpha={args.alpha})"), ("hard", "student hard labels")):
+    table.add_row(
+        "teacher (MiniLM + head)",
+        f"{teacher['macro_f1']:.4f}",
+        "1.000",
+        f"{teacher['ece']:.4f}",
+        f"{teacher['latency_ms']['p50']:.2f}",
+        f"{teacher['latency_ms']['p95']:.2f}",
+        f"{teacher['parameters']:,}",
+        "",
+    )
+    for kind, name in (
+        ("kd", f"student KD (T={args.temperature}, alpha={args.alpha})"),
+        ("hard", "student hard labels"),
+    ):
         f1 = mean(kind, "macro_f1")
         table.add_row(
-            name, f"{f1:.4f}", f"{f1 / teacher['macro_f1']:.3f}", f"{mean(kind, 'ece'):.4f}",
-            f"{mean(kind, 'latency_ms', 'p50'):.3f}", f"{mean(kind, 'latency_ms', 'p95'):.3f}",
-            f"{runs[kind][0]['parameters']:,}", "yes",
+            name,
+            f"{f1:.4f}",
+            f"{f1 / teacher['macro_f1']:.3f}",
+            f"{mean(kind, 'ece'):.4f}",
+            f"{mean(kind, 'latency_ms', 'p50'):.3f}",
+            f"{mean(kind, 'latency_ms', 'p95'):.3f}",
+            f"{runs[kind][0]['parameters']:,}",
+            "yes",
         )
     console.print(table)
     console.print(f"full report: {work / 'eval-kd-0' / 'evaluation.md'}; total {time.perf_counter() - started:.0f} s")

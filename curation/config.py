@@ -137,10 +137,26 @@ class JudgeConfig(StageModel):
     aspect: Literal["overall-rating", "helpfulness", "honesty", "instruction-following", "truthfulness"] = (
         "overall-rating"
     )
-    min_score: NonNegative | None = Field(6.0, description="Drop rows scored below this; null: score only.")
+    min_score: NonNegative | None = Field(
+        6.0, description="Drop rows scored below this (default 6 of 10, or 3 of 5 for ultrafeedback); null: score only."
+    )
     max_tokens: Annotated[int, Field(ge=16)] = 512
     temperature: NonNegative = 0.0
     batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Requests per teacher call (progress step).")
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return (1.0, 5.0) if self.rubric == "ultrafeedback" else (1.0, 10.0)
+
+    @model_validator(mode="after")
+    def _min_score_on_scale(self) -> JudgeConfig:
+        if "min_score" not in self.model_fields_set and self.rubric == "ultrafeedback":
+            self.min_score = 3.0  # the default cut on UltraFeedback's 1-5 scale
+        if self.min_score is not None and self.min_score > self.scale[1]:
+            raise ValueError(
+                f"min_score {self.min_score:g} is above the {self.rubric} scale's maximum {self.scale[1]:g}"
+            )
+        return self
 
 
 StageConfig = Annotated[

@@ -25,8 +25,8 @@ def run_stages(
     frame = with_drop_columns(frame)
     notes: list[str] = []
     for stage in stages:
-        with console.status(f"curation: {stage.name}"):
-            frame = stage.apply(frame)
+        console.print(f"curation: {stage.name} ({int(frame['drop_stage'].is_null().sum())} rows kept so far)")
+        frame = stage.apply(frame)  # stages show their own progress bars for long work
         notes.extend(stage.notes)
     funnel = funnel_from_frame(frame, stages=names)
     console.print(funnel_table(funnel))

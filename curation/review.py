@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -36,7 +37,6 @@ from curation.review_apply import REVIEW_REPORT_FILE, apply_verdicts, judge_rang
 from curation.review_sample import DEFAULT_WATCH, Direction, sample_size, stratified_sample, watched_columns
 from curation.store import DatasetStore, DatasetVersion
 from factory.errors import StillhouseError
-from factory.schema import canonical_json
 
 __all__ = [
     "ReviewConfig",
@@ -87,10 +87,14 @@ class ReviewConfig(BaseModel):
     boundary_rows: int = Field(3, ge=0, description="Rows nearest each watched threshold that are always reviewed.")
     buckets: int = Field(3, ge=1, le=10, description="Quantile buckets per score column for stratification/reports.")
     judge_range: tuple[float, float] | None = Field(
-        None, description="Scale of judge_score [default: inferred: 0-1, 1-5 or 1-10]; mapped onto the 1-5 rating."
+        None,
+        description="Scale of judge_score, mapped onto the 1-5 rating [default: the judge stage's rubric in the "
+        "version's config, else inferred from the scores: 0-1, 1-5 or 1-10].",
     )
     judge_threshold: float | None = Field(
-        None, description="judge_score at or above which the judge 'accepts' [default: middle of its range]."
+        None,
+        description="judge_score at or above which the judge 'accepts' [default: the judge stage's min_score, "
+        "else the middle of its range].",
     )
     batch_size: int = Field(100, ge=1, le=500, description="Records per upload request.")
     timeout_s: int = Field(30, ge=1)
@@ -194,7 +198,7 @@ def _settings(version: DatasetVersion, kept: pl.DataFrame, classification: bool)
         rg.TextQuestion(name=NOTE, title="Note (why)", required=False),
     ]
     metadata = [rg.TermsMetadataProperty(name="origin", options=sorted(kept["origin"].unique().to_list()))]
-    metadata += [rg.FloatMetadataProperty(name=c) for c in SCORE_METADATA if c in watched_columns(kept, {c: "low"})]
+    metadata += [rg.FloatMetadataProperty(name=c) for c in watched_columns(kept, SCORE_METADATA)]
     return rg.Settings(
         fields=fields, questions=questions, metadata=metadata, guidelines=_guidelines(version, classification)
     )
@@ -230,7 +234,7 @@ def _render_label(label: str | None, probs: list[float] | None, label_set: list[
 
 
 def _judge_rating(score: float | None, scale: tuple[float, float] | None) -> int | None:
-    if score is None or scale is None or score != score:
+    if score is None or scale is None or not math.isfinite(score):
         return None
     low, high = scale
     position = (min(max(score, low), high) - low) / (high - low) if high > low else 0.5
@@ -243,7 +247,7 @@ def _records(
     """Argilla records for sampled rows; `scale` is the judge_score range mapped onto the 1-5 rating."""
     import argilla as rg
 
-    scores = [c for c in SCORE_METADATA if c in watched_columns(sample, {c: "low"})]
+    scores = watched_columns(sample, SCORE_METADATA)
     records = []
     for row in sample.iter_rows(named=True):
         fields = {"instruction": row["instruction"]}
@@ -257,7 +261,7 @@ def _records(
         else:
             fields["response"] = row["response"] or "(empty response)"
         metadata: dict[str, Any] = {"origin": row["origin"]}
-        metadata.update({c: float(row[c]) for c in scores if row[c] is not None and row[c] == row[c]})
+        metadata.update({c: float(row[c]) for c in scores if row[c] is not None and math.isfinite(row[c])})
         rating = _judge_rating(row.get("judge_score"), scale)
         if rating is not None:
             suggestions.append(rg.Suggestion(QUALITY, rating, agent=JUDGE_AGENT))
@@ -325,7 +329,7 @@ def push(version: DatasetVersion, config: ReviewConfig, console: Console | None 
     kept = version.read()
     sample = select_sample(version, config, kept)
     classification = is_classification(version, kept)
-    scale = judge_range(kept, config.judge_range)
+    scale = judge_range(kept, config.judge_range, version.manifest.get("config"))
     client = connect(config)
     with argilla_errors(config):
         dataset = _find_dataset(client, version, config)
@@ -344,7 +348,7 @@ def push(version: DatasetVersion, config: ReviewConfig, console: Console | None 
             "argilla_dataset": dataset.name,
             "workspace": config.workspace,
             "api_url": config.api_url,
-            "config": json.loads(canonical_json(config.model_dump(mode="json"))),
+            "config": config.model_dump(mode="json"),
             "sample_ids": sample["id"].to_list(),
             "complete": False,
             "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -487,6 +491,7 @@ def pull(
         label_set=version.label_set,
         sampled_ids=record_ids,
         config=config,
+        manifest_config=version.manifest.get("config"),
     )
     funnel = [*version.manifest["funnel"], report.pop("funnel_step")]
     report.update(parent=version.ref, argilla_dataset=dataset.name, workspace=config.workspace)

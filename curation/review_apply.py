@@ -32,8 +32,19 @@ REJECTED_REASON = "rejected_by_reviewer"
 QUESTIONS = ("verdict", "quality", "correction", "note")
 
 
-def judge_range(frame: pl.DataFrame, override: tuple[float, float] | None = None) -> tuple[float, float] | None:
-    """The scale of `judge_score`: given, or inferred from its values (0-1, 1-5, 0/1-10, else min-max)."""
+def _judge_stage(manifest_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The judge stage's settings in the config a version was published with, if any."""
+    stages = (manifest_config or {}).get("curation") or []
+    return next((s for s in stages if isinstance(s, dict) and s.get("stage") == "judge"), None)
+
+
+def judge_range(
+    frame: pl.DataFrame,
+    override: tuple[float, float] | None = None,
+    manifest_config: dict[str, Any] | None = None,
+) -> tuple[float, float] | None:
+    """The scale of `judge_score`: given; else the judge stage's rubric (1-5 UltraFeedback, 1-10 ours);
+    else inferred from the values (0-1, 1-5, 0/1-10, else min-max)."""
     if override is not None:
         return (float(override[0]), float(override[1]))
     if "judge_score" not in frame.columns:
@@ -41,6 +52,9 @@ def judge_range(frame: pl.DataFrame, override: tuple[float, float] | None = None
     values = frame["judge_score"].cast(pl.Float64).drop_nulls().drop_nans()
     if values.len() == 0:
         return None
+    stage = _judge_stage(manifest_config)
+    if stage is not None and stage.get("rubric") in ("ultrafeedback", "score_1_10"):
+        return (1.0, 5.0) if stage["rubric"] == "ultrafeedback" else (1.0, 10.0)
     low, high = float(values.min()), float(values.max())
     if low >= 0 and high <= 1:
         return (0.0, 1.0)
@@ -49,6 +63,18 @@ def judge_range(frame: pl.DataFrame, override: tuple[float, float] | None = None
     if low >= 0 and high <= 10:
         return (0.0 if low < 1 else 1.0, 10.0)
     return (low, high)
+
+
+def judge_threshold(
+    scale: tuple[float, float], override: float | None, manifest_config: dict[str, Any] | None = None
+) -> float:
+    """The score at/above which the judge accepts: given; else the judge stage's min_score; else mid-scale."""
+    if override is not None:
+        return override
+    stage = _judge_stage(manifest_config)
+    if stage is not None and isinstance(stage.get("min_score"), (int, float)):
+        return float(stage["min_score"])
+    return (scale[0] + scale[1]) / 2
 
 
 def per_reviewer(responses: pl.DataFrame, originals: pl.DataFrame) -> pl.DataFrame:
@@ -109,8 +135,12 @@ def apply_verdicts(
     label_set: list[str] | None,
     sampled_ids: list[str],
     config: ReviewConfig,
+    manifest_config: dict[str, Any] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The reviewed frame (all rows, kept and rejected) and the review report."""
+    """The reviewed frame (all rows, kept and rejected) and the review report.
+
+    `manifest_config` (the reviewed version's manifest config) supplies the judge's scale and threshold.
+    """
     target = "label" if classification else "response"
     verdicts = combine_responses(per_reviewer(responses, frame.select("id", pl.col(target).alias("original"))))
     kept_before = frame.filter(pl.col("drop_stage").is_null())
@@ -160,7 +190,7 @@ def apply_verdicts(
     reviewed = joined.with_columns(updates).select(
         frame.columns + (["review"] if "review" not in frame.columns else [])
     )
-    report = _report(kept_before, verdicts, sampled_ids, config)
+    report = _report(kept_before, verdicts, sampled_ids, config, manifest_config)
     return reviewed, report
 
 
@@ -194,7 +224,13 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return round(float(np.corrcoef(ranks_a, ranks_b)[0, 1]), 4)
 
 
-def _report(kept: pl.DataFrame, verdicts: pl.DataFrame, sampled_ids: list[str], config: ReviewConfig) -> dict[str, Any]:
+def _report(
+    kept: pl.DataFrame,
+    verdicts: pl.DataFrame,
+    sampled_ids: list[str],
+    config: ReviewConfig,
+    manifest_config: dict[str, Any] | None,
+) -> dict[str, Any]:
     reviewed = kept.join(verdicts.select("id", "status", "rating", "reviewers", "unanimous"), on="id", how="inner")
     counts = {status: int((verdicts["status"] == status).sum()) for status in ("accepted", "corrected", "rejected")}
     report: dict[str, Any] = {
@@ -215,9 +251,9 @@ def _report(kept: pl.DataFrame, verdicts: pl.DataFrame, sampled_ids: list[str], 
         "records": multi.height,
         "unanimous_rate": round(float(multi["unanimous"].mean()), 4) if multi.height else None,
     }
-    scale = judge_range(kept, config.judge_range)
+    scale = judge_range(kept, config.judge_range, manifest_config)
     if scale is not None:
-        threshold = config.judge_threshold if config.judge_threshold is not None else (scale[0] + scale[1]) / 2
+        threshold = judge_threshold(scale, config.judge_threshold, manifest_config)
         judged = reviewed.filter(pl.col("judge_score").is_not_null() & ~pl.col("judge_score").cast(pl.Float64).is_nan())
         judge_accepts = (judged["judge_score"] >= threshold).to_numpy()
         human_accepts = (judged["status"] != "rejected").to_numpy()

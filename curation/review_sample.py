@@ -11,6 +11,7 @@ seeded hash of their id, so the same version and config always give the same sam
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -22,11 +23,11 @@ DEFAULT_WATCH: dict[str, Direction] = {"judge_score": "low", "mean_entropy": "hi
 MISSING_BUCKET = "missing"
 
 
-def watched_columns(frame: pl.DataFrame, watch: dict[str, Direction]) -> list[str]:
-    """The watched columns this frame has, numeric and not entirely null."""
+def watched_columns(frame: pl.DataFrame, columns: Iterable[str]) -> list[str]:
+    """Those of `columns` this frame has, numeric and not entirely null."""
     return [
         column
-        for column in watch
+        for column in columns
         if column in frame.columns and frame[column].dtype.is_numeric() and frame[column].is_not_null().any()
     ]
 

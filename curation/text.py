@@ -90,11 +90,21 @@ def _tokens(normalized: pl.Series, kind: ShingleKind, seed: int) -> tuple[np.nda
     return words["w"].hash(seed=seed).to_numpy(), counts
 
 
-def shingle(texts: pl.Series, kind: ShingleKind = "word", n: int = 3, seed: int = 0) -> Shingles:
+def shingle(texts: pl.Series, kind: ShingleKind = "word", n: int = 3, seed: int = 0, block: int = 20_000) -> Shingles:
     """Shingle sets of raw texts (normalised here): n-grams of words or characters.
 
     A document shorter than n tokens is one shingle (all of its tokens); an empty one has none.
+    Documents are processed `block` at a time to bound the flat temporaries' memory.
     """
+    parts = [_shingle_block(texts.slice(start, block), kind, n, seed) for start in range(0, len(texts), block)]
+    if not parts:
+        return Shingles(hashes=np.zeros(0, dtype=np.uint32), offsets=np.zeros(1, dtype=np.int64))
+    ends = np.cumsum([len(p.hashes) for p in parts])
+    offsets = [parts[0].offsets] + [p.offsets[1:] + end for p, end in zip(parts[1:], ends[:-1])]
+    return Shingles(hashes=np.concatenate([p.hashes for p in parts]), offsets=np.concatenate(offsets))
+
+
+def _shingle_block(texts: pl.Series, kind: ShingleKind, n: int, seed: int) -> Shingles:
     normalized = pl.select(normalize(pl.lit(texts.cast(pl.String)))).to_series()
     tokens, counts = _tokens(normalized, kind, seed)
     docs = len(counts)

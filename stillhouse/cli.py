@@ -162,6 +162,27 @@ def datasets_diff(
         console.print("funnel: no change")
 
 
+@datasets_app.command("report")
+def datasets_report(
+    ref: Annotated[str, typer.Argument(help="name, name@latest or name@vN")],
+    root: RootOption = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="HTML file [default: <root>/<name>/reports/v<N>.html].")
+    ] = None,
+    evaluation: Annotated[
+        Optional[Path], typer.Option("--evaluation", help="A student evaluation.json to include.")
+    ] = None,
+) -> None:
+    """Write the HTML report of a version: funnel, distributions, duplicates, drops, review, evaluation."""
+    from curation.review import review_report
+    from stillhouse.report import report_path, write_report
+
+    version = DatasetStore(root).resolve(ref)
+    results = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation else None
+    path = write_report(version, out or report_path(version), evaluation=results, review=review_report(version))
+    console.print(f"{version.ref}: report written to {path}")
+
+
 # -- config -------------------------------------------------------------------
 @config_app.command("schema")
 def config_schema() -> None:

@@ -47,7 +47,7 @@ def eval_command(
     latency_examples: Annotated[int, typer.Option("--latency-examples", help="Single-example calls timed.")] = 200,
 ) -> None:
     """Score a student (and its teacher) on a human-labelled test set: F1, agreement, ECE, latency, cost."""
-    from trainer.evaluate import evaluate
+    from trainer.evaluation import evaluate
 
     report = evaluate(
         model_dir,

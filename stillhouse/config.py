@@ -87,8 +87,7 @@ class RunTrainConfig(TrainConfig):
 
 class EvalConfig(StrictModel):
     test: Path = Field(description="Human-labelled test set (JSONL/CSV with text and label), relative to the config.")
-    hourly_usd: float = Field(0.10, ge=0, description="Price of the CPU machine serving the student, per hour.")
-    teacher_hourly_usd: float | None = Field(None, ge=0, description="Price of the teacher's machine, if different.")
+    hourly_usd: float = Field(0.10, ge=0, description="Hourly price of the machine serving a model (cost per million).")
 
     @field_validator("test")
     @classmethod

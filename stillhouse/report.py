@@ -51,6 +51,11 @@ class Section:
     body: str
 
 
+def report_path(version: DatasetVersion) -> Path:
+    """Where a version's report lives: beside its (read-only) directory, in <name>/reports/."""
+    return version.path.parent / "reports" / f"v{version.version}.html"
+
+
 def write_report(
     version: DatasetVersion,
     out_path: Path,

@@ -156,7 +156,10 @@ class Runner:
             write_frame_atomic(output, directory / OUTPUT)
             self.state.finish(step, rows=output.height, teacher=step_stats)
             crash_point(f"after:{step}")
-        kept, rejected = _split(output)
+        # Generative tasks return only the records they add (new ids), enriching tasks the
+        # records they were given (same ids): the union carries both to the next step.
+        untouched = records.filter(~pl.col("id").is_in(output["id"].implode()))
+        kept, rejected = _split(pl.concat([untouched, output], how="diagonal_relaxed"))
         return kept, rejected, step_fp
 
     def curation(self, frame: pl.DataFrame, input_fp: str, first_stages: list[str]):
@@ -241,15 +244,15 @@ class Runner:
         if self.state.done(step, step_fp):
             return
         self.state.start(step, step_fp)
-        pushed = push(version, self.config.review)
-        self.state.finish(step, pushed=pushed if isinstance(pushed, (int, dict)) else None)
+        pushed = push(version, self.config.review, console=self.console)
+        self.state.finish(step, pushed=pushed.model_dump(mode="json"))
         self._log(f"review: pushed a sample of {version.ref}; annotate it, then `stillhouse review pull {version.ref}`")
 
     def train(self, version: DatasetVersion) -> Path | None:
         if self.config.train is None:
             return None
-        from trainer.training import train
         from trainer.config import TrainConfig
+        from trainer.training import train
 
         settings = self.config.train.model_dump()
         settings.update(dataset=version.ref, store_root=self.config.publish.root)
@@ -274,7 +277,7 @@ class Runner:
         spec = self.config.eval
         if spec is None:
             return None
-        from trainer.evaluate import evaluate
+        from trainer.evaluation import evaluate
 
         teacher = self.config.teacher
         teacher_dir = Path(teacher.model) if teacher.backend == "classifier" else None
@@ -292,9 +295,18 @@ class Runner:
         return evaluation
 
     def report(self, version: DatasetVersion, evaluation: dict[str, Any] | None) -> Path:
-        from stillhouse.report import write_report
+        import shutil
 
-        return write_report(version, self.state.directory / "report.html", evaluation=evaluation)
+        from curation.review import review_report
+        from stillhouse.report import report_path, write_report
+
+        report = write_report(
+            version, self.state.directory / "report.html", evaluation=evaluation, review=review_report(version)
+        )
+        beside_version = report_path(version)  # the version directory itself is read-only
+        beside_version.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report, beside_version)
+        return beside_version
 
     # -- the whole run ----------------------------------------------------------
     def execute(self) -> RunResult:

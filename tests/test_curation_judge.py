@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 from curation.config import JudgeConfig, build_stage
 from curation.pipeline import run_stages
@@ -67,6 +68,13 @@ def frame_of(n: int) -> pl.DataFrame:
 def test_parse_score_variants(reply, score):
     parsed, _, error = parse_score(reply, 1, 10)
     assert error is None and parsed == score
+
+
+def test_judge_min_score_follows_the_rubric_scale():
+    assert JudgeConfig().min_score == 6.0
+    assert JudgeConfig(rubric="ultrafeedback").min_score == 3.0
+    with pytest.raises(ValidationError, match="above the ultrafeedback scale's maximum 5"):
+        JudgeConfig(rubric="ultrafeedback", min_score=6)
 
 
 def test_parse_score_reports_unparsable_and_out_of_range():

@@ -221,6 +221,9 @@ def test_char_shingles_and_short_documents():
     assert sets.of(0).tolist() == sets.of(1).tolist()  # normalisation: case and punctuation
     assert len(sets.of(2)) == 1 and len(sets.of(3)) == 0  # shorter than n: one shingle; empty: none
     assert lsh_shape(0.8, 128) == (21, 6)
+    texts = pl.Series(["a b c d e", "", "x y", "a b c d e f"] * 5)
+    whole, blocked = shingle(texts, "word", 3), shingle(texts, "word", 3, block=3)
+    assert whole.hashes.tolist() == blocked.hashes.tolist() and whole.offsets.tolist() == blocked.offsets.tolist()
 
 
 # --- self-consistency --------------------------------------------------------------------------
@@ -314,6 +317,8 @@ def test_missing_column_names_stage_and_column():
         Heuristics().apply(frame)
     with pytest.raises(StillhouseError, match="stage 'consistency' needs column 'samples'"):
         Consistency().apply(frame)
+    with pytest.raises(StillhouseError, match="stage 'entropy' needs column 'samples'"):
+        Entropy().apply(frame)
 
 
 def test_stage_configs_validate_and_build():

@@ -28,7 +28,7 @@ from curation.review import (
     select_sample,
     status,
 )
-from curation.review_apply import combine_responses, per_reviewer
+from curation.review_apply import combine_responses, judge_range, judge_threshold, per_reviewer
 from curation.store import DatasetStore
 from factory.schema import record_ids
 
@@ -67,7 +67,8 @@ def store(tmp_path) -> DatasetStore:
 
 @pytest.fixture
 def alpaca_version(store):
-    return store.publish("alpaca-review", _alpaca_frame(), config={"stage": "test"})
+    judge = {"stage": "judge", "rubric": "ultrafeedback", "min_score": 2.0}  # as a run's manifest records it
+    return store.publish("alpaca-review", _alpaca_frame(), config={"curation": [judge]})
 
 
 @pytest.fixture
@@ -127,6 +128,17 @@ def test_sample_is_stratified_and_includes_threshold_neighbours(store):
     # reproducible for a seed, different for another
     assert select_sample(version, config)["id"].to_list() == sample["id"].to_list()
     assert select_sample(version, config.model_copy(update={"seed": 1}))["id"].to_list() != sample["id"].to_list()
+
+
+def test_judge_scale_and_threshold_come_from_the_judge_stage_config():
+    scores = pl.DataFrame({"judge_score": [2.0, 3.0, 4.0]})
+    assert judge_range(scores) == (1.0, 5.0)  # inferred from the values
+    assert judge_range(scores, manifest_config={"curation": [{"stage": "judge", "rubric": "score_1_10"}]}) == (1, 10)
+    assert judge_range(scores, override=(0, 4)) == (0.0, 4.0)
+    ultra = {"curation": [{"stage": "heuristics"}, {"stage": "judge", "rubric": "ultrafeedback", "min_score": 4}]}
+    assert judge_threshold((1.0, 5.0), None, ultra) == 4.0
+    assert judge_threshold((1.0, 5.0), None, {}) == 3.0
+    assert judge_threshold((1.0, 5.0), 2.5, ultra) == 2.5
 
 
 def test_config_rejects_unknown_keys_and_bad_fraction():
@@ -239,11 +251,16 @@ def test_push_review_pull_publishes_reviewed_child(argilla_server, store, alpaca
     }
     assert sum(row["rejected"] for row in report["by_origin"]) == 4
     assert set(report["by_bucket"]) == {"judge_score", "mean_entropy", "consistency"}
-    assert report["judge_agreement"]["records"] == 10 and report["inter_annotator"]["records"] == 2
-    assert "ARGILLA_API_KEY" not in json.dumps(child.manifest) or argilla_server.api_key not in json.dumps(
-        child.manifest
-    )
-    assert argilla_server.api_key not in (child.path / "review.json").read_text()
+    agreement = report["judge_agreement"]
+    assert agreement["judge_range"] == [1.0, 5.0] and agreement["threshold"] == 2.0  # from the judge stage's config
+    # the judge kept (accepted) every reviewed row; the annotators accepted 6 of 10
+    assert agreement["records"] == 10 and agreement["agreement_rate"] == 0.6
+    assert agreement["judge_accepts_human_rejects"] == 4 and agreement["rated"] == 10
+    assert agreement["rating_judge_spearman"] is not None
+    assert report["inter_annotator"] == {"records": 2, "unanimous_rate": 0.5}
+    stored = [json.dumps(child.manifest), (child.path / "review.json").read_text()]
+    stored.append(json.dumps(read_state(alpaca_version)))
+    assert not any(argilla_server.api_key in text for text in stored)
 
 
 @pytest.mark.slow

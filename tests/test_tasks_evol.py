@@ -165,6 +165,16 @@ def test_evol_instruct_is_deterministic_and_mutations_follow_config():
     assert set(only["origin"]) == {"evol:in_breadth"}
 
 
+def test_evol_instruct_eliminates_evolutions_the_judge_could_not_judge():
+    def judge_fails(request):
+        return Failure("judge timed out") if last_user(request).startswith("Compare") else script(request)
+
+    result = run(ScriptedTeacher(judge_fails), CONFIG.model_copy(update={"generations": 1}))
+    kept = result.filter(pl.col("drop_stage").is_null())
+    assert kept.height == 0
+    assert "teacher_error: judge timed out" in result["drop_reason"].to_list()
+
+
 def test_evol_instruct_without_gain_check_and_with_failures():
     def failing(request):
         if "Explain photosynthesis" in last_user(request):
@@ -180,3 +190,15 @@ def test_evol_instruct_without_gain_check_and_with_failures():
     # without the judge, the SAME evolution survives
     assert result.filter(pl.col("instruction") == "SAME Name three fruits. please")["drop_stage"].to_list() == [None]
     assert task.estimate_requests(7) == 14
+
+
+def test_evol_instruct_skips_records_dropped_earlier():
+    frame = parent_records().with_columns(
+        drop_stage=pl.when(pl.col("instruction").str.starts_with("List")).then(pl.lit("dedup")),
+        drop_reason=pl.when(pl.col("instruction").str.starts_with("List")).then(pl.lit("exact_duplicate")),
+    )
+    teacher = ScriptedTeacher(script)
+    config = CONFIG.model_copy(update={"generations": 1})
+    asyncio.run(build_task(config).run(frame, teacher))
+    evolved = [given_prompt(last_user(r)) for r in teacher.requests if last_user(r).startswith("I want you act")]
+    assert "List the planets of the solar system." not in evolved and len(evolved) == len(PARENTS) - 1

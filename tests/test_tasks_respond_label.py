@@ -55,7 +55,9 @@ def test_respond_n_samples_with_logprobs():
     teacher = ScriptedTeacher(answer)
     frame = records("What is the capital of France?", "Name a prime number.")
     already_dropped = rejected(new_record("Dropped before.", ""), "dedup", "exact_duplicate")
-    frame = pl.concat([frame, pl.DataFrame([already_dropped], schema_overrides={"parent_id": pl.String})], how="diagonal")
+    frame = pl.concat(
+        [frame, pl.DataFrame([already_dropped], schema_overrides={"parent_id": pl.String})], how="diagonal"
+    )
     config = RespondConfig(type="respond", n=3, top_logprobs=4, seed=1)
     result = run(config, frame, teacher)
     assert len(teacher.requests) == 2  # the dropped row is not answered
@@ -197,3 +199,13 @@ def test_soft_targets_from_classifier_teacher():
     wrong = ScriptedTeacher(lambda r: "", labels=["a", "b", "c"], class_probs=lambda r: [0.2, 0.3, 0.5])
     with pytest.raises(ConfigError, match="missing from teacher"):
         run(LabelConfig(type="label", labels=LABELS), records(TASK), wrong)
+
+
+def test_scripted_teacher_queue_answers_in_order():
+    teacher = ScriptedTeacher(["first answer", [Reply("a", "length"), Reply("b")], Failure("gone")])
+    config = RespondConfig(type="respond", n=2, top_logprobs=2, batch_size=1)
+    result = run(config, records("Q one here?", "Q two here?", "Q three here?"), teacher)
+    assert result["response"].to_list()[:2] == ["first answer", "b"]
+    assert result["drop_reason"].to_list() == [None, None, "teacher_error: gone"]
+    with pytest.raises(AssertionError, match="ran out of replies"):
+        run(config, records("One more question?"), teacher)

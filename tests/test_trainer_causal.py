@@ -182,3 +182,10 @@ def test_sft_with_lora_and_resume_matches_uninterrupted(kd_store, tiny_student, 
     again = AutoModelForCausalLM.from_pretrained(resumed.model_dir, local_files_only=True).state_dict()
     for name, tensor in merged.state_dict().items():
         assert torch.allclose(tensor, again[name], atol=1e-6), name
+
+
+def test_eval_refuses_a_model_that_is_not_a_classifier(tiny_llama, tmp_path, run_cli):
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text('{"text": "my card is lost", "label": "card_lost"}\n')
+    code, _, err = run_cli("eval", tiny_llama, "--test", test_file)
+    assert code == 1 and "not a classifier" in err

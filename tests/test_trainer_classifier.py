@@ -17,7 +17,7 @@ from factory.errors import StillhouseError
 from factory.schema import record_id
 from trainer.bag_model import BagClassifier
 from trainer.config import HashedBagStudent, TrainConfig
-from trainer.evaluate import calibration_bins, evaluate, expected_calibration_error
+from trainer.evaluation import calibration_bins, evaluate, expected_calibration_error
 from trainer.training import PROVENANCE_FILE, train
 
 LABELS = ["card_lost", "transfer_late", "pin_reset"]
@@ -144,6 +144,10 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     b = BagClassifier.from_pretrained(resumed.model_dir).net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    # a checkpoint is only resumed by the config that wrote it
+    with pytest.raises(StillhouseError, match="different training config"):
+        train(small_config(root, tmp_path / "resumed", epochs=3, checkpoint_every=5, alpha=0.2))
+
 
 def test_hard_label_objective_needs_no_probs_but_kd_does(tmp_path):
     root = tmp_path / "store"
@@ -157,8 +161,13 @@ def test_hard_label_objective_needs_no_probs_but_kd_does(tmp_path):
 def test_unknown_label_is_refused_naming_the_row(tmp_path):
     root = tmp_path / "store"
     frame = pl.DataFrame(
-        {"id": ["a", "b"], "instruction": [INSTRUCTION] * 2, "input": ["x", "y"], "origin": ["import"] * 2,
-         "label": ["card_lost", "weather"]}
+        {
+            "id": ["a", "b"],
+            "instruction": [INSTRUCTION] * 2,
+            "input": ["x", "y"],
+            "origin": ["import"] * 2,
+            "label": ["card_lost", "weather"],
+        }
     )
     DatasetStore(root).publish("tickets", frame, label_set=LABELS)
     with pytest.raises(StillhouseError, match="row 1 .*'weather' is not in the label_set"):
@@ -214,3 +223,21 @@ def test_cli_errors_are_one_line(tmp_path, run_cli, test_file):
 
     code, _, err = run_cli("eval", tmp_path / "nomodel", "--test", test_file)
     assert code == 1 and "nomodel" in err
+
+
+def test_calibration_rows_hold_out_whole_lineages_and_skip_derived_rows():
+    from trainer.classifier import calibration_split
+
+    originals = [f"r{i}" for i in range(30)]
+    frame = pl.DataFrame(
+        {
+            "id": originals + [f"{p}-copy{j}" for p in originals for j in range(2)],
+            "parent_id": [None] * 30 + [p for p in originals for _ in range(2)],
+        }
+    )
+    calibration, training = calibration_split(frame, fraction=0.2, seed=0)
+    assert len(calibration) == 6  # 20% of 30 lineages, originals only
+    assert all(frame["parent_id"][i] is None for i in calibration)
+    held = {frame["id"][i] for i in calibration}
+    assert not any(frame["parent_id"][i] in held or frame["id"][i] in held for i in training)
+    assert len(training) == 24 * 3

@@ -105,7 +105,9 @@ def test_alpha_mixes_kd_and_cross_entropy():
     probs = torch.softmax(torch.randn(6, 7), -1)
     assert classifier_kd_loss(student, probs, targets, 3.0, alpha=0.0).item() == pytest.approx(ce.item(), rel=1e-6)
     kl = torch.nn.functional.kl_div(
-        torch.log_softmax(student / 3.0, -1), torch.log_softmax(probs.log() / 3.0, -1), log_target=True,
+        torch.log_softmax(student / 3.0, -1),
+        torch.log_softmax(probs.log() / 3.0, -1),
+        log_target=True,
         reduction="batchmean",
     )
     full = classifier_kd_loss(student, probs, targets, 3.0, alpha=0.5)

@@ -1,8 +1,8 @@
 """Student training: SFT, distillation losses, evaluation and export.
 
-    from trainer import TrainConfig, train, evaluate
-    result = train(TrainConfig(dataset="tickets@v3", output_dir="runs/student"))
-    report = evaluate(result.model_dir, "test.jsonl", teacher_dir="teacher/")
+from trainer import TrainConfig, train, evaluate
+result = train(TrainConfig(dataset="tickets@v3", output_dir="runs/student"))
+report = evaluate(result.model_dir, "test.jsonl", teacher_dir="teacher/")
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(training, name)
     if name == "evaluate":
-        from trainer.evaluate import evaluate
+        from trainer.evaluation import evaluate
 
         return evaluate
     raise AttributeError(name)

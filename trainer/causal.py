@@ -197,6 +197,7 @@ def train_causal(config: TrainConfig, version: DatasetVersion, model_dir: Path) 
         output_dir=config.output_dir,
         checkpoint_every=config.checkpoint_every,
         resume=config.resume,
+        fingerprint=config.fingerprint(),
         description=config.objective,
     )
     if config.lora:

@@ -2,11 +2,15 @@
 
 loss = alpha * KL(teacher_T || student_T) * T² + (1 - alpha) * CE(student, label);
 alpha = 0 is the hard-label baseline. After training, a calibration temperature is
-fitted on held-out rows (NLL of the dataset's labels) and saved with the model.
+fitted on held-out rows (NLL of the dataset's labels) and saved with the model. Rows
+are held out by lineage (a row with every row derived from it, via parent_id), and the
+temperature is fitted on the held-out rows that are not derived (augmented or evolved
+copies are not the inputs the model will see), so nothing leaks from training into it.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +21,8 @@ from curation.store import DatasetVersion
 from factory.errors import StillhouseError
 from trainer.bag_model import BagClassifier
 from trainer.config import HashedBagStudent, TrainConfig
-from trainer.losses import classifier_kd_loss
 from trainer.loop import LoopResult, epoch_order, run_loop, seed_everything
+from trainer.losses import classifier_kd_loss
 
 
 def classification_frame(version: DatasetVersion, needs_probs: bool) -> tuple[list[str], pl.DataFrame]:
@@ -26,7 +30,7 @@ def classification_frame(version: DatasetVersion, needs_probs: bool) -> tuple[li
     labels = version.label_set
     if not labels:
         raise StillhouseError(f"{version.ref}: the manifest has no label_set; classifier training needs one")
-    frame = version.read(columns=["id", "instruction", "input", "label", "label_probs"])
+    frame = version.read(columns=["id", "instruction", "input", "parent_id", "label", "label_probs"])
     if frame.height == 0:
         raise StillhouseError(f"{version.ref}: no kept rows to train on")
     frame = frame.with_columns(
@@ -51,6 +55,20 @@ def classification_frame(version: DatasetVersion, needs_probs: bool) -> tuple[li
     return labels, frame
 
 
+def calibration_split(frame: pl.DataFrame, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(calibration rows, training rows): whole lineage groups held out; calibrate on their non-derived rows."""
+    groups = frame["parent_id"].fill_null(frame["id"])
+    names = groups.unique(maintain_order=True)
+    n_held = int(round(fraction * len(names))) if frame.height >= 20 else 0
+    held = set(names.gather(epoch_order(len(names), seed, epoch=-1)[:n_held]).to_list())
+    in_held = groups.is_in(list(held)).to_list()
+    derived = frame["parent_id"].is_not_null().to_list()
+    calibration = [i for i in range(frame.height) if in_held[i] and not derived[i]]
+    if n_held and not calibration:  # everything is derived: calibrate on what was held out
+        calibration = [i for i in range(frame.height) if in_held[i]]
+    return calibration, [i for i in range(frame.height) if not in_held[i]]
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature minimising held-out NLL, from a fixed log-spaced grid (deterministic)."""
     grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
@@ -68,9 +86,7 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
     hard = torch.tensor(frame["label_index"].to_numpy(), dtype=torch.long)
     soft = torch.tensor(np.stack(frame["label_probs"].to_numpy()), dtype=torch.float32) if config.alpha > 0 else None
 
-    order = epoch_order(frame.height, config.seed, epoch=-1)
-    n_val = int(round(student.val_fraction * frame.height)) if frame.height >= 20 else 0
-    val_rows, train_rows = order[:n_val], order[n_val:]
+    val_rows, train_rows = calibration_split(frame, student.val_fraction, config.seed)
 
     def ids_for(rows: list[int]) -> torch.Tensor:
         width = max(len(features[r]) for r in rows)
@@ -92,19 +108,22 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
 
     # sparse embedding gradients: Adagrad updates only the n-grams a batch touched (fastText's trick)
     optimizer = torch.optim.Adagrad(model.net.parameters(), lr=config.learning_rate)
-    result = run_loop(
-        model.net,
-        optimizer,
-        batches_for_epoch,
-        loss_fn,
-        epochs=config.epochs,
-        lr=config.learning_rate,
-        output_dir=config.output_dir,
-        checkpoint_every=config.checkpoint_every,
-        resume=config.resume,
-        description=f"classifier {'KD' if config.alpha > 0 else 'CE'}",
-        max_grad_norm=0.0,
-    )
+    with warnings.catch_warnings():  # Adagrad on sparse grads warns about skipped invariant checks
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        result = run_loop(
+            model.net,
+            optimizer,
+            batches_for_epoch,
+            loss_fn,
+            epochs=config.epochs,
+            lr=config.learning_rate,
+            output_dir=config.output_dir,
+            checkpoint_every=config.checkpoint_every,
+            resume=config.resume,
+            fingerprint=config.fingerprint(),
+            description=f"classifier {'KD' if config.alpha > 0 else 'CE'}",
+            max_grad_norm=0.0,
+        )
     if val_rows:
         with torch.inference_mode():
             model.temperature = fit_temperature(model.net(ids_for(val_rows)), hard[val_rows])

@@ -6,6 +6,8 @@ YAML file is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -54,10 +56,11 @@ class TrainConfig(BaseModel):
 
     lr: float | None = Field(None, gt=0, description="Peak learning rate [default: 0.2 hashed_bag, 1e-4 causal_lm].")
     weight_decay: float = Field(0.0, ge=0)
-    epochs: float = Field(4, gt=0)
+    epochs: float = Field(5, gt=0)
     batch_size: int = Field(32, ge=1)
     seed: int = 0
-    temperature: float = Field(2.0, gt=0, description="Distillation temperature T (KD objectives).")
+    # defaults: the better student of benchmarks/distill_banking77.py (KD on soft targets, T = 1, alpha = 1)
+    temperature: float = Field(1.0, gt=0, description="Distillation temperature T (KD objectives).")
     alpha: float = Field(
         1.0, ge=0, le=1, description="Weight of the KD term; 1 - alpha goes to cross-entropy on the hard label/token."
     )
@@ -77,7 +80,14 @@ class TrainConfig(BaseModel):
             raise ValueError(f"objective '{self.objective}' needs a causal LM student (student.type: causal_lm)")
         if self.lora and not causal:
             raise ValueError("lora applies to causal_lm students only")
+        if causal and self.student.packing and self.objective == "token_kd":
+            raise ValueError("student.packing applies to objective 'sft' only (token KD keeps one sample per row)")
         return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the weights: a checkpoint from another config is not resumed."""
+        settings = self.model_dump(mode="json", exclude={"output_dir", "resume", "checkpoint_every", "threads"})
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     @property
     def learning_rate(self) -> float:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from factory.errors import StillhouseError
+
 CHECKPOINTS = "checkpoints"
 
 
@@ -57,20 +59,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def last_checkpoint(output_dir: Path) -> Path | None:
     directory = Path(output_dir) / CHECKPOINTS
-    steps = sorted(
-        (int(p.name.split("-")[1]), p) for p in directory.glob("step-*") if (p / "state.pt").is_file()
-    )
+    steps = sorted((int(p.name.split("-")[1]), p) for p in directory.glob("step-*") if (p / "state.pt").is_file())
     return steps[-1][1] if steps else None
 
 
-def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Path:
+def save_checkpoint(
+    output_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str = ""
+) -> Path:
     """Write checkpoints/step-N/state.pt atomically, then drop older checkpoints."""
     directory = Path(output_dir) / CHECKPOINTS
     final = directory / f"step-{step}"
     staging = directory / f".tmp-step-{step}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state()}
+    state = {
+        "step": step,
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": _rng_state(),
+    }
     torch.save(state, staging / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
@@ -93,6 +101,7 @@ def run_loop(
     resume: bool = True,
     description: str = "training",
     max_grad_norm: float = 1.0,
+    fingerprint: str = "",
 ) -> LoopResult:
     """Train for ceil(epochs * batches per epoch) steps with linearly decaying lr."""
     steps_per_epoch = len(batches_for_epoch(0))
@@ -100,14 +109,23 @@ def run_loop(
     step, resumed_from = 0, None
     checkpoint = last_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        state = torch.load(checkpoint / "state.pt", weights_only=False)  # our own file; RNG states need pickle
+        if state.get("fingerprint") != fingerprint:
+            raise StillhouseError(
+                f"{checkpoint}: written by a different training config; use another output_dir or resume: false"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         step = resumed_from = state["step"]
 
     result = LoopResult(steps=step, resumed_from=resumed_from)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}")]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+    ]
     columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     model.train()
     with Progress(*columns) as progress:
@@ -130,7 +148,7 @@ def run_loop(
                 result.losses.append(float(loss.detach()))
                 progress.update(task, advance=1, loss=f"{result.losses[-1]:.4f}")
                 if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
-                    save_checkpoint(output_dir, step, model, optimizer)
+                    save_checkpoint(output_dir, step, model, optimizer, fingerprint)
     result.steps = step
     model.eval()
     return result

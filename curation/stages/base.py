@@ -16,7 +16,6 @@ import polars as pl
 from factory.errors import StillhouseError
 
 DROP_COLUMNS = ("drop_stage", "drop_reason")
-DEFAULT_KEEP_ORDER = ("judge_score", "consistency", "length")
 
 
 class StageInputError(StillhouseError):
@@ -117,7 +116,9 @@ def union_find(size: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(x) for x in range(size)], dtype=np.int64) if size else parent
+    touched = np.unique(np.concatenate([left, right])).astype(np.int64)
+    parent[touched] = [find(x) for x in touched.tolist()]  # untouched elements are their own root
+    return parent
 
 
 def keep_best_of_groups(roots: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -118,7 +118,7 @@ class Judge(Stage):
         self.name = self.config.name or "judge"
         self.teacher = teacher
         self._ultrafeedback = None
-        self.scale = (1.0, 5.0) if self.config.rubric == "ultrafeedback" else (1.0, 10.0)
+        self.scale = self.config.scale
 
     @property
     def required_columns(self) -> tuple[str, ...]:

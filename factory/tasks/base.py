@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
@@ -133,6 +133,29 @@ async def generate_batched(
     return generations
 
 
+async def answer_rows(
+    teacher: Teacher,
+    rows: Sequence[dict[str, Any]],
+    request_for: Callable[[dict[str, Any]], TeacherRequest],
+    handle: Callable[[dict[str, Any], Generation], dict[str, Any]],
+    buffer: ShardBuffer,
+    batch_size: int,
+    description: str,
+) -> None:
+    """One request per row, in batches behind a progress bar; `handle` turns each answer into the output row.
+
+    Rows already dropped by an earlier stage keep that drop and pass through in place, unanswered.
+    """
+    total = sum(1 for row in rows if not row.get("drop_stage"))
+    with tqdm(total=total, desc=description, unit="row", disable=not total) as bar:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            live = [row for row in chunk if not row.get("drop_stage")]
+            answers = iter(await teacher.generate([request_for(row) for row in live]) if live else [])
+            buffer.add([row if row.get("drop_stage") else handle(row, next(answers)) for row in chunk])
+            bar.update(len(live))
+
+
 def first_text(generation: Generation) -> str | None:
     """Text of the first sample, or None when the request failed or returned nothing."""
     if not generation.ok or not generation.samples:
@@ -152,6 +175,13 @@ class Task(ABC):
     @abstractmethod
     def estimate_requests(self, n_records: int) -> int:
         """Upper bound on teacher requests for `n_records` input records (for dry runs)."""
+
+
+def live_records(records: pl.DataFrame) -> pl.DataFrame:
+    """Records no earlier stage dropped (generative tasks grow only from these)."""
+    if "drop_stage" not in records.columns:
+        return records
+    return records.filter(pl.col("drop_stage").is_null())
 
 
 def require_columns(records: pl.DataFrame, columns: Sequence[str], stage: str) -> None:

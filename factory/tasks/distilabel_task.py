@@ -13,13 +13,12 @@ import importlib
 from typing import Any
 
 import polars as pl
-from tqdm.auto import tqdm
 
 from factory.errors import ConfigError, SchemaError
 from factory.shards import ShardWriter
-from factory.tasks.base import ShardBuffer, Task, rejected, stable_seed
+from factory.tasks.base import ShardBuffer, Task, answer_rows, rejected, stable_seed
 from factory.tasks.config import DistilabelConfig
-from factory.teachers.base import Teacher, TeacherRequest
+from factory.teachers.base import Generation, Teacher, TeacherRequest
 
 STAGE = "distilabel"
 
@@ -97,32 +96,30 @@ class DistilabelTaskAdapter(Task):
             seed=stable_seed(self.config.seed, STAGE, self.config.task, row["id"]),
         )
 
+    def answer(self, row: dict[str, Any], generation: Generation) -> dict[str, Any]:
+        if not generation.ok or not generation.samples:
+            return rejected(row, STAGE, f"teacher_error: {generation.error or 'no sample'}")
+        parsed = self.task.format_output(generation.samples[0].text, self._input(row))
+        mapped = {self.config.output_mapping.get(key, key): value for key, value in parsed.items()}
+        return {
+            **row,
+            **mapped,
+            "samples": [sample.as_record() for sample in generation.samples],
+            "teacher": generation.teacher.record(generation.request),
+        }
+
     async def run(self, records: pl.DataFrame, teacher: Teacher, shards: ShardWriter | None = None) -> pl.DataFrame:
         buffer = ShardBuffer(shards, self.config.shard_size)
         rows = records.to_dicts()
-        buffer.add([row for row in rows if row.get("drop_stage")])
-        todo = [row for row in rows if not row.get("drop_stage")]
-        step = self.config.batch_size
-        with tqdm(total=len(todo), desc=f"distilabel {self.task.__class__.__name__}", unit="row") as bar:
-            for start in range(0, len(todo), step):
-                chunk = todo[start : start + step]
-                inputs = [self._input(row) for row in chunk]
-                generations = await teacher.generate([self._request(r, i) for r, i in zip(chunk, inputs)])
-                bar.update(len(chunk))
-                out = []
-                for row, task_input, generation in zip(chunk, inputs, generations):
-                    if not generation.ok or not generation.samples:
-                        out.append(rejected(row, STAGE, f"teacher_error: {generation.error or 'no sample'}"))
-                        continue
-                    parsed = self.task.format_output(generation.samples[0].text, task_input)
-                    mapped = {self.config.output_mapping.get(key, key): value for key, value in parsed.items()}
-                    out.append(
-                        {
-                            **row,
-                            **mapped,
-                            "samples": [sample.as_record() for sample in generation.samples],
-                            "teacher": generation.teacher.record(generation.request),
-                        }
-                    )
-                buffer.add(out)
+        for row in rows[:1]:  # a missing input column fails before any request is sent
+            self._input(row)
+        await answer_rows(
+            teacher,
+            rows,
+            lambda row: self._request(row, self._input(row)),
+            self.answer,
+            buffer,
+            self.config.batch_size,
+            f"distilabel {self.task.__class__.__name__}",
+        )
         return buffer.finish()

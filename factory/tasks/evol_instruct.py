@@ -7,7 +7,8 @@ here. An evolution is eliminated, with its reason recorded, when it copies the
 rewriting scaffold, when the teacher judges it no richer than its parent, when its
 answer is a short "sorry", or when its answer is only punctuation and stop words.
 A survivor replaces its parent for the next generation; after a failure the parent
-is evolved again, as in the paper.
+is evolved again, as in the paper. The rewritten prompt is the parent's instruction
+and input together, so an evolved record is self-contained (its input is empty).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from factory.tasks.base import (
     first_text,
     generate_batched,
     generation_columns,
+    live_records,
     new_record,
     prompt_text,
     rejected,
@@ -34,7 +36,7 @@ from factory.tasks.base import (
 )
 from factory.tasks.config import EvolInstructConfig
 from factory.tasks.parsing import parse_yes_no
-from factory.teachers.base import Teacher, TeacherRequest
+from factory.teachers.base import Generation, Teacher, TeacherRequest
 
 STAGE = "evol_instruct"
 
@@ -132,6 +134,7 @@ class EvolInstruct(Task):
 
     async def run(self, records: pl.DataFrame, teacher: Teacher, shards: ShardWriter | None = None) -> pl.DataFrame:
         require_columns(records, ["id", "instruction"], STAGE)
+        records = live_records(records)
         config = self.config
         buffer = ShardBuffer(shards, config.shard_size)
         inputs = records["input"].fill_null("") if "input" in records.columns else [""] * records.height
@@ -161,8 +164,6 @@ class EvolInstruct(Task):
                     continue
                 evolved = text.strip().strip('"').strip()
                 row = new_record(evolved, "", f"evol:{mutation}", parent["id"])
-                if not evolved:
-                    row = new_record("(empty evolution)", "", f"evol:{mutation}", parent["id"])
                 if row["id"] in emitted:
                     self.stats["repeated"] += 1
                     continue
@@ -197,7 +198,7 @@ class EvolInstruct(Task):
         answers = await generate_batched(
             teacher, answer_requests, f"answer generation {generation + 1}", config.batch_size
         )
-        verdicts: list[str | None] = [None] * len(candidates)
+        judged: list[Generation | None] = [None] * len(candidates)
         if config.check_information_gain:
             judge_requests = [
                 TeacherRequest.chat(
@@ -214,14 +215,16 @@ class EvolInstruct(Task):
             judged = await generate_batched(
                 teacher, judge_requests, f"judge generation {generation + 1}", config.batch_size
             )
-            verdicts = [first_text(generation) for generation in judged]
         survivors = []
-        for (index, row), answer, verdict in zip(candidates, answers, verdicts):
+        for (index, row), answer, judgement in zip(candidates, answers, judged):
             if not answer.ok or not answer.samples:
                 rows.append(rejected(row, STAGE, f"teacher_error: {answer.error or 'no sample'}"))
                 continue
             row = {**row, **generation_columns(answer)}
-            reason = self.gain.check(verdict) if config.check_information_gain else None
+            reason = None
+            if judgement is not None:  # an evolution nobody could judge does not pass
+                verdict = first_text(judgement)
+                reason = self.gain.check(verdict) if judgement.ok else f"teacher_error: {judgement.error}"
             if reason is None:
                 reason = next((r for rule in self.response_rules if (r := rule.check(row["response"]))), None)
             if reason:

@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
 from factory.errors import ConfigError
 from factory.schema import canonical_json
 from factory.shards import ShardWriter
-from factory.tasks.base import ShardBuffer, Task, rejected, require_columns, stable_seed
+from factory.tasks.base import ShardBuffer, Task, answer_rows, rejected, require_columns, stable_seed
 from factory.tasks.config import LabelConfig
 from factory.teachers.base import Generation, Sample, Teacher, TeacherRequest
 
@@ -162,32 +161,28 @@ class Label(Task):
         order = self._classifier_order(teacher) if source == "classifier" else []
         label_ids = label_first_tokens(self.config.labels, self._tokenizer(teacher)) if source == "logprobs" else []
         buffer = ShardBuffer(shards, self.config.shard_size)
-        rows = records.to_dicts()
-        buffer.add([row for row in rows if row.get("drop_stage")])
-        todo = [row for row in rows if not row.get("drop_stage")]
-        step = self.config.batch_size
-        with tqdm(total=len(todo), desc="label", unit="row", disable=not todo) as bar:
-            for start in range(0, len(todo), step):
-                chunk = todo[start : start + step]
-                generations = await teacher.generate([self._request(row, source) for row in chunk])
-                bar.update(len(chunk))
-                out = []
-                for row, generation in zip(chunk, generations):
-                    if not generation.ok:
-                        out.append(rejected(row, STAGE, f"teacher_error: {generation.error}"))
-                        continue
-                    probs, problem = self._probabilities(generation, source, order, label_ids)
-                    if probs is None:
-                        out.append(rejected(row, STAGE, problem))
-                        continue
-                    out.append(
-                        {
-                            **row,
-                            "label": self.config.labels[int(np.argmax(probs))],
-                            "label_probs": probs.tolist(),
-                            "samples": [sample.as_record() for sample in generation.samples] or None,
-                            "teacher": self._teacher_struct(generation, source),
-                        }
-                    )
-                buffer.add(out)
+
+        def answer(row: dict[str, Any], generation: Generation) -> dict[str, Any]:
+            if not generation.ok:
+                return rejected(row, STAGE, f"teacher_error: {generation.error}")
+            probs, problem = self._probabilities(generation, source, order, label_ids)
+            if probs is None:
+                return rejected(row, STAGE, problem)
+            return {
+                **row,
+                "label": self.config.labels[int(np.argmax(probs))],
+                "label_probs": probs.tolist(),
+                "samples": [sample.as_record() for sample in generation.samples] or None,
+                "teacher": self._teacher_struct(generation, source),
+            }
+
+        await answer_rows(
+            teacher,
+            records.to_dicts(),
+            lambda row: self._request(row, source),
+            answer,
+            buffer,
+            self.config.batch_size,
+            "label",
+        )
         return buffer.finish()

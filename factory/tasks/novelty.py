@@ -36,6 +36,7 @@ class RougeLPool:
         self.vocabulary: dict[str, int] = {}
         self._rows: list[dict[int, int]] = []  # token id -> count, per pool entry
         self._matrix: sparse.csr_matrix | None = None  # counts of the first `_indexed` entries
+        self._lengths = np.zeros(0)
         self._indexed = 0
         for text in texts or []:
             self.add(text)
@@ -64,6 +65,7 @@ class RougeLPool:
             values.extend(counts.values())
         shape = (len(self._rows), max(len(self.vocabulary), 1))
         self._matrix = sparse.csr_matrix((values, (rows, cols)), shape=shape, dtype=np.float32)
+        self._lengths = np.asarray(self._matrix.sum(axis=1)).ravel()
         self._indexed = len(self._rows)
 
     def _upper_bounds(self, tokens: list[str]) -> np.ndarray:
@@ -75,7 +77,6 @@ class RougeLPool:
             token_id = self.vocabulary.get(token, indexed_vocabulary)
             if token_id < indexed_vocabulary:
                 query[token_id] = query.get(token_id, 0) + 1
-        lengths = np.asarray(self._matrix.sum(axis=1)).ravel()
         if not query:
             return np.zeros(self._indexed)
         ids = np.fromiter(query.keys(), dtype=np.int64)
@@ -85,7 +86,7 @@ class RougeLPool:
         present = columns.copy()
         present.data[:] = 1.0
         overlap = np.minimum(present @ counts, np.asarray(columns.sum(axis=1)).ravel())
-        total = lengths + len(tokens)
+        total = self._lengths + len(tokens)
         return np.where(total > 0, 2.0 * overlap / np.maximum(total, 1), 0.0)
 
     def max_similarity(self, text: str, exclude: int | None = None) -> tuple[float, int | None]:

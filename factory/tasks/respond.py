@@ -13,12 +13,12 @@ import math
 from typing import Any
 
 import polars as pl
-from tqdm.auto import tqdm
 
 from factory.shards import ShardWriter
 from factory.tasks.base import (
     ShardBuffer,
     Task,
+    answer_rows,
     generation_columns,
     prompt_text,
     rejected,
@@ -27,7 +27,7 @@ from factory.tasks.base import (
 )
 from factory.tasks.config import RespondConfig
 from factory.tasks.parsing import extract_final_answer
-from factory.teachers.base import Sample, Teacher, TeacherRequest
+from factory.teachers.base import Generation, Sample, Teacher, TeacherRequest
 
 STAGE = "respond"
 
@@ -79,29 +79,19 @@ class Respond(Task):
             seed=stable_seed(config.seed, STAGE, row["id"]),
         )
 
+    def answer(self, row: dict[str, Any], generation: Generation) -> dict[str, Any]:
+        if not generation.ok or not generation.samples:
+            return rejected(row, STAGE, f"teacher_error: {generation.error or 'no sample'}")
+        chosen = choose_sample(generation.samples, self.config.chain_of_thought)
+        answered = {**row, **generation_columns(generation, chosen), "chosen_sample": chosen}
+        if self.config.chain_of_thought:
+            answered["final_answer"] = extract_final_answer(generation.samples[chosen].text)
+        return answered
+
     async def run(self, records: pl.DataFrame, teacher: Teacher, shards: ShardWriter | None = None) -> pl.DataFrame:
         require_columns(records, ["id", "instruction", "input", "origin"], STAGE)
         buffer = ShardBuffer(shards, self.config.shard_size)
-        rows = records.to_dicts()
-        dropped = [row for row in rows if row.get("drop_stage")]  # an earlier drop stands; not answered
-        todo = [row for row in rows if not row.get("drop_stage")]
-        buffer.add(dropped)
-        step = self.config.batch_size
-        bar = tqdm(total=len(todo), desc="respond", unit="prompt", disable=not todo)
-        for start in range(0, len(todo), step):
-            chunk = todo[start : start + step]
-            generations = await teacher.generate([self.request(row) for row in chunk])
-            bar.update(len(chunk))
-            out = []
-            for row, generation in zip(chunk, generations):
-                if not generation.ok or not generation.samples:
-                    out.append(rejected(row, STAGE, f"teacher_error: {generation.error or 'no sample'}"))
-                    continue
-                chosen = choose_sample(generation.samples, self.config.chain_of_thought)
-                answered = {**row, **generation_columns(generation, chosen), "chosen_sample": chosen}
-                if self.config.chain_of_thought:
-                    answered["final_answer"] = extract_final_answer(generation.samples[chosen].text)
-                out.append(answered)
-            buffer.add(out)
-        bar.close()
+        await answer_rows(
+            teacher, records.to_dicts(), self.request, self.answer, buffer, self.config.batch_size, "respond"
+        )
         return buffer.finish()

@@ -28,6 +28,7 @@ from factory.tasks.base import (
     Task,
     first_text,
     generate_batched,
+    live_records,
     new_record,
     rejected,
     require_columns,
@@ -137,6 +138,7 @@ class SelfInstruct(Task):
 
     async def run(self, records: pl.DataFrame, teacher: Teacher, shards: ShardWriter | None = None) -> pl.DataFrame:
         require_columns(records, ["instruction"], STAGE)
+        records = live_records(records)
         if records.height == 0:
             raise SchemaError("task 'self_instruct': no seed records to start the pool from")
         config = self.config
@@ -156,7 +158,10 @@ class SelfInstruct(Task):
                 self.stats["rounds"] += 1
                 built = [self._generation_request(pool, rng, round_index, i) for i in range(config.prompts_per_round)]
                 generations = await generate_batched(
-                    teacher, [request for request, _ in built], f"self-instruct round {round_index + 1}"
+                    teacher,
+                    [request for request, _ in built],
+                    f"self-instruct round {round_index + 1}",
+                    config.batch_size,
                 )
                 kept: list[dict[str, Any]] = []
                 for generation, (_, next_number) in zip(generations, built):
@@ -172,11 +177,11 @@ class SelfInstruct(Task):
                             break
                         self.stats["candidates"] += 1
                         row = new_record(instruction, "", "self_instruct")
-                        reason = next((r for f in filters if (r := f.check(instruction)) is not None), None)
-                        if row["id"] in emitted:
+                        if row["id"] in emitted:  # the very same text again: its row (and reason) exists
                             self.stats["repeated"] += 1
                             continue
                         emitted.add(row["id"])
+                        reason = next((r for f in filters if (r := f.check(instruction)) is not None), None)
                         if reason is not None:
                             self.stats["rejected"] += 1
                             buffer.add([rejected(row, STAGE, reason)])
@@ -205,6 +210,7 @@ class SelfInstruct(Task):
             teacher,
             [request(CLASSIFY_PROMPT.format(instruction=r["instruction"]), r["instruction"], "cls", 8) for r in kept],
             f"classify round {round_index + 1}",
+            config.batch_size,
         )
         is_classification = [parse_yes_no(first_text(generation)) is True for generation in verdicts]
         prompts = [
@@ -217,6 +223,7 @@ class SelfInstruct(Task):
             teacher,
             [request(prompt, row["instruction"], "instances", config.max_tokens) for prompt, row in zip(prompts, kept)],
             f"instances round {round_index + 1}",
+            config.batch_size,
         )
         rows = []
         for row, verdict, cls, generation in zip(kept, verdicts, is_classification, instance_generations):

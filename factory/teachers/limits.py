@@ -123,7 +123,12 @@ class BudgetTracker:
             return False
         return True
 
-    async def reserve(self, request: TeacherRequest) -> Reservation | None:
+    async def reserve(self, request: TeacherRequest, wait: bool = True) -> Reservation | None:
+        """A reservation for `request`'s worst case, or None when it does not fit. With
+        `wait=False` (a caller that holds the in-flight reservations itself) it returns
+        None at once instead of waiting for others to settle."""
+        if self.budget is None:  # nothing to track: no lock on the hot path
+            return Reservation(0, 0.0)
         prompt, completion = prompt_token_bound(request), completion_token_bound(request)
         reservation = Reservation(tokens=prompt + completion, usd=self.usd(prompt, completion))
         async with self._changed:
@@ -136,11 +141,17 @@ class BudgetTracker:
                 if self._in_flight == 0:
                     self.exhausted = True
                     break
+                if not wait:
+                    break
                 await self._changed.wait()
         return None
 
     async def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> None:
         """Replace a reservation by what the request really cost."""
+        if self.budget is None:
+            self.spent_tokens += prompt_tokens + completion_tokens
+            self.spent_usd += self.usd(prompt_tokens, completion_tokens)
+            return
         async with self._changed:
             self._reserved_tokens -= reservation.tokens
             self._reserved_usd -= reservation.usd

@@ -191,28 +191,31 @@ class ManagedTeacher(Teacher):
         raise AssertionError("unreachable")
 
     async def _run_batched(self, requests, keys, pending, results, progress) -> None:
-        issued: list[int] = []
-        reservations = []
-        for index in pending:
-            reservation = await self.budget.reserve(requests[index]) if not self.budget.exhausted else None
-            if reservation is None:
-                results[index] = self._not_issued(requests[index], len(requests), len(requests) - len(pending))
-                progress.advance(1)
-                continue
-            issued.append(index)
-            reservations.append(reservation)
-        size = max(1, self._chunk_size())
-        for start in range(0, len(issued), size):
-            chunk = issued[start : start + size]
+        size, answered, queue = max(1, self._chunk_size()), len(requests) - len(pending), list(pending)
+        while queue:
+            # Reserve a chunk's worst case; run it; settle real usage; then the next chunk.
+            chunk, reservations = [], []
+            while queue and len(chunk) < size:
+                reservation = await self.budget.reserve(requests[queue[0]], wait=False)
+                if reservation is None:
+                    break
+                chunk.append(queue.pop(0))
+                reservations.append(reservation)
+            if not chunk:  # nothing in flight and the next request does not fit: stop here
+                for index in queue:
+                    results[index] = self._not_issued(requests[index], len(requests), answered)
+                progress.advance(len(queue))
+                return
             self.stats.requests_sent += len(chunk)
             generations = await asyncio.to_thread(self._generate_batch, [requests[index] for index in chunk])
-            for offset, (index, generation) in enumerate(zip(chunk, generations)):
+            for index, reservation, generation in zip(chunk, reservations, generations):
                 await self.budget.settle(
-                    reservations[start + offset], generation.usage.prompt_tokens, generation.usage.completion_tokens
+                    reservation, generation.usage.prompt_tokens, generation.usage.completion_tokens
                 )
                 self._record(keys[index], generation)
                 if not generation.ok:
                     self.stats.failed += 1
+                answered += generation.ok
                 results[index] = generation
             progress.advance(len(chunk))
 

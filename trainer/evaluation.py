@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
+from rich.progress import MofNCompleteColumn, Progress
 from sklearn.metrics import f1_score
 
 from factory.errors import StillhouseError
@@ -93,7 +94,11 @@ def latency_ms(predictor: Predictor, texts: list[str], n: int = 200, warmup: int
         start = time.perf_counter()
         predictor.predict_proba([texts[i % len(texts)]])
         timings.append((time.perf_counter() - start) * 1000)
-    return {"p50": float(np.percentile(timings, 50)), "p95": float(np.percentile(timings, 95)), "mean": float(np.mean(timings))}
+    return {
+        "p50": float(np.percentile(timings, 50)),
+        "p95": float(np.percentile(timings, 95)),
+        "mean": float(np.mean(timings)),
+    }
 
 
 def num_parameters(predictor: Any) -> int | None:
@@ -101,17 +106,33 @@ def num_parameters(predictor: Any) -> int | None:
     return int(value() if callable(value) else value) if value is not None else None
 
 
+def model_directory(path: Path | str) -> Path:
+    """The model directory itself, or the model/ inside a training output_dir."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise StillhouseError(f"model directory {directory} does not exist")
+    if not (directory / "config.json").is_file() and (directory / "model" / "config.json").is_file():
+        return directory / "model"
+    return directory
+
+
 def load_predictor(directory: Path | str) -> Predictor:
     """A Stillhouse student directory (config.json model_type stillhouse_hashed_bag) or a classifier teacher dir."""
     from trainer.bag_model import MODEL_TYPE, BagClassifier
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise StillhouseError(f"model directory {directory} does not exist")
-    config = directory / "config.json"
-    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE:
+    directory = model_directory(directory)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    if config.get("model_type") == MODEL_TYPE:
         return BagClassifier.from_pretrained(directory)
-    return TeacherPredictor(directory)
+    if (directory / "encoder_head.json").is_file() or any(
+        name.endswith("ForSequenceClassification") for name in config.get("architectures") or []
+    ):
+        return TeacherPredictor(directory)
+    raise StillhouseError(
+        f"{directory}: not a classifier (expected a Stillhouse hashed_bag student, an encoder_head directory or a "
+        f"Hugging Face *ForSequenceClassification model)"
+    )
 
 
 class TeacherPredictor:
@@ -140,10 +161,14 @@ class TeacherPredictor:
         return sum(p.numel() for module in modules for p in module.parameters())
 
 
-def score(predictor: Predictor, test: TestSet, batch_size: int = 64) -> dict[str, Any]:
-    probs = np.concatenate(
-        [predictor.predict_proba(test.texts[i : i + batch_size]) for i in range(0, len(test.texts), batch_size)]
-    )
+def score(predictor: Predictor, test: TestSet, name: str = "model", batch_size: int = 64) -> dict[str, Any]:
+    chunks = []
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=True) as progress:
+        task = progress.add_task(f"scoring {name}", total=len(test.texts))
+        for start in range(0, len(test.texts), batch_size):
+            chunks.append(predictor.predict_proba(test.texts[start : start + batch_size]))
+            progress.update(task, advance=len(chunks[-1]))
+    probs = np.concatenate(chunks)
     predicted = [predictor.labels[i] for i in probs.argmax(axis=1)]
     correct = np.array([p == t for p, t in zip(predicted, test.labels)])
     confidence = probs.max(axis=1)
@@ -198,8 +223,28 @@ def evaluate(
     """
     import torch
 
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _evaluate(
+            model_dir, test_file, teacher_dir, hourly_usd, out_dir, text_column, label_column, latency_examples
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _evaluate(
+    model_dir: Path | str,
+    test_file: Path | str,
+    teacher_dir: Path | str | None,
+    hourly_usd: float,
+    out_dir: Path | str | None,
+    text_column: str,
+    label_column: str,
+    latency_examples: int,
+) -> dict[str, Any]:
     test = read_test_file(test_file, text_column, label_column)
+    model_dir = model_directory(model_dir)
     out = Path(out_dir) if out_dir is not None else Path(model_dir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -214,7 +259,7 @@ def evaluate(
 
     scores, curves = {}, {}
     for name, model in models.items():
-        scores[name] = score(model, test)
+        scores[name] = score(model, test, name)
         curves[name] = calibration_bins(scores[name]["confidence"], scores[name]["correct"])
         latency = latency_ms(model, test.texts, n=latency_examples)
         report[name] = {
@@ -229,7 +274,9 @@ def evaluate(
     if "teacher" in models:
         student, teacher = report["student"], report["teacher"]
         agreement = np.mean([a == b for a, b in zip(scores["student"]["predicted"], scores["teacher"]["predicted"])])
-        params = (student["parameters"] / teacher["parameters"]) if student["parameters"] and teacher["parameters"] else None
+        params = (
+            (student["parameters"] / teacher["parameters"]) if student["parameters"] and teacher["parameters"] else None
+        )
         report["ratios"] = {
             "f1": student["macro_f1"] / teacher["macro_f1"] if teacher["macro_f1"] else None,
             "agreement": float(agreement),

@@ -1,0 +1,105 @@
+"""Teacher throughput against a local OpenAI-compatible server with a fixed latency.
+
+Starts tests/fixtures/fake_openai_server.py in a subprocess (its own CPU, like a real
+server), then, side by side in one run:
+- Stillhouse's openai teacher: N requests at concurrency C (the shared machinery: cache
+  off, budget/limits off, retries on);
+- distilabel's OpenAILLM driven the way its Task drives it: `load()`, then `generate`
+  on batches of `input_batch_size` (= C), awaiting each batch before the next.
+Ideal throughput is C / latency. Prints both, the ratios, and a RESULT line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen, str]:
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "fixtures" / "fake_openai_server.py"), "--latency", str(latency),
+         "--lifetime", "900"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = server.stdout.readline().strip()
+    if not url.startswith("http"):
+        server.kill()
+        raise RuntimeError("fake server did not start")
+    return server, url
+
+
+def prompts(n: int, tag: str) -> list[str]:
+    return [f"{tag} request {i}: write a short note about parcel {i}" for i in range(n)]
+
+
+def run_stillhouse(url: str, n: int, concurrency: int) -> float:
+    from factory.teachers import OpenAITeacherConfig, TeacherRequest, build_teacher
+
+    config = OpenAITeacherConfig(model="fake-model", base_url=url, concurrency=concurrency, cache=False)
+    teacher = build_teacher(config, cache_dir=None)
+    requests = [TeacherRequest.chat(p, max_tokens=16, top_logprobs=2) for p in prompts(n, "stillhouse")]
+
+    async def go() -> float:
+        await teacher.generate(requests[: concurrency * 2])  # warm up connections
+        started = time.perf_counter()
+        generations = await teacher.generate(requests)
+        elapsed = time.perf_counter() - started
+        await teacher.close()
+        assert all(g.ok for g in generations), [g.error for g in generations if not g.ok][:3]
+        return elapsed
+
+    return n / asyncio.run(go())
+
+
+def run_distilabel(url: str, n: int, batch_size: int) -> float:
+    from distilabel.models.llms import OpenAILLM
+
+    llm = OpenAILLM(model="fake-model", base_url=url, api_key="EMPTY", max_retries=0, timeout=30)
+    llm.load()
+    inputs = [[{"role": "user", "content": p}] for p in prompts(n, "distilabel")]
+    llm.generate(inputs[: batch_size * 2], num_generations=1, max_new_tokens=16, logprobs=True, top_logprobs=2)
+    started = time.perf_counter()
+    for start in range(0, n, batch_size):  # distilabel's Task: one batch at a time
+        batch = inputs[start : start + batch_size]
+        llm.generate(batch, num_generations=1, max_new_tokens=16, logprobs=True, top_logprobs=2)
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency", type=float, default=0.1, help="server seconds per request")
+    parser.add_argument("--quick", action="store_true", help="400 requests")
+    args = parser.parse_args()
+    n = 400 if args.quick else args.requests
+    os.environ.setdefault("OPENAI_API_KEY", "EMPTY")
+    server, url = start_server(args.latency)
+    try:
+        ideal = args.concurrency / args.latency
+        stillhouse = run_stillhouse(url, n, args.concurrency)
+        distilabel = run_distilabel(url, n, args.concurrency)
+    finally:
+        server.kill()
+        server.wait()
+    print(f"server latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, {n} requests")
+    print(f"ideal       {ideal:8.1f} req/s")
+    print(f"stillhouse  {stillhouse:8.1f} req/s  ({stillhouse / ideal:.3f} of ideal)")
+    print(f"distilabel  {distilabel:8.1f} req/s  ({distilabel / ideal:.3f} of ideal)")
+    print(f"stillhouse / distilabel = {stillhouse / distilabel:.3f}")
+    print(
+        f"RESULT stillhouse_rps={stillhouse:.1f} ideal_rps={ideal:.1f} ratio_vs_ideal={stillhouse / ideal:.3f} "
+        f"distilabel_rps={distilabel:.1f} ratio_vs_distilabel={stillhouse / distilabel:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

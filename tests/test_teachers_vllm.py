@@ -1,0 +1,56 @@
+"""The vLLM backend on the real engine (CPU build), and its parity with transformers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+import torch
+
+from factory.teachers import TeacherRequest, TransformersTeacherConfig, VLLMTeacherConfig, build_teacher
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+PROMPTS = ["Explain why the sky looks blue.", "List three ways to save water", "Hi", "Please reset my card pin now."]
+
+
+def run(teacher, requests):
+    return asyncio.run(teacher.generate(requests))
+
+
+@pytest.fixture(scope="module")
+def vllm_teacher(tiny_llama):
+    pytest.importorskip("vllm")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cfg = VLLMTeacherConfig(model=str(tiny_llama), dtype="float32", enforce_eager=True, max_model_len=256)
+    return build_teacher(cfg)
+
+
+def test_vllm_and_transformers_agree_on_greedy_ids_and_logprobs(vllm_teacher, tiny_llama):
+    requests = [TeacherRequest.chat(p, system="Be brief.", max_tokens=10, top_logprobs=5) for p in PROMPTS]
+    from_vllm = run(vllm_teacher, requests)
+    hf = build_teacher(TransformersTeacherConfig(model=str(tiny_llama), device="cpu", dtype="float32", batch_size=4))
+    from_hf = run(hf, requests)
+    assert vllm_teacher.identity.tokenizer_hash == hf.identity.tokenizer_hash
+    for a, b in zip(from_vllm, from_hf):
+        [va], [hb] = a.samples, b.samples
+        assert a.token_ids_source == "engine"
+        assert va.token_ids == hb.token_ids and len(va.token_ids) == 10
+        assert va.top_ids == hb.top_ids
+        assert torch.allclose(torch.tensor(va.logprobs), torch.tensor(hb.logprobs), atol=1e-3)
+        assert torch.allclose(torch.tensor(va.top_logprobs), torch.tensor(hb.top_logprobs), atol=1e-3)
+        assert va.finish_reason == hb.finish_reason == "length"
+        assert a.usage.prompt_tokens == b.usage.prompt_tokens
+
+
+def test_vllm_sampling_n_and_seed(vllm_teacher):
+    request = TeacherRequest.chat("Write a short note", n=3, temperature=1.0, max_tokens=8, seed=3, top_logprobs=2)
+    [first] = run(vllm_teacher, [request])
+    [again] = run(vllm_teacher, [request])
+    assert len(first.samples) == 3
+    assert [s.token_ids for s in first.samples] == [s.token_ids for s in again.samples]
+    for sample in first.samples:
+        assert len(sample.token_ids) == len(sample.logprobs) == len(sample.top_ids)
+        assert all(len(top) == 2 for top in sample.top_ids)
