@@ -130,6 +130,7 @@ def main() -> None:
         "--augment", type=int, default=0, help="perturbed copies per train text for the teacher to label"
     )
     parser.add_argument("--seeds", type=int, default=3, help="student seeds per objective (--quick: 1)")
+    parser.add_argument("--buckets", type=int, default=HashedBagStudent().buckets, help="student hash buckets")
     parser.add_argument("--hourly-usd", type=float, default=0.10)
     args = parser.parse_args()
 
@@ -176,7 +177,7 @@ def main() -> None:
                 dataset=version.ref,
                 store_root=store.root,
                 objective="classifier_kd",
-                student=HashedBagStudent(),
+                student=HashedBagStudent(buckets=args.buckets),
                 output_dir=work / f"student-{kind}-{seed}",
                 epochs=args.epochs,
                 temperature=args.temperature,

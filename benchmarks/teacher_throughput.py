@@ -5,8 +5,9 @@ server), then, side by side in one run:
 - Stillhouse's openai teacher: N requests at concurrency C (the shared machinery: cache
   off, budget/limits off, retries on);
 - distilabel's OpenAILLM driven the way its Task drives it: `load()`, then `generate`
-  on batches of `input_batch_size` (= C), awaiting each batch before the next.
-Ideal throughput is C / latency. Prints both, the ratios, and a RESULT line.
+  on batches of `input_batch_size` (= C), awaiting each batch before the next;
+- a bare httpx loop at concurrency C: what this machine's CPU allows at all.
+Ideal throughput is C / latency. Prints all three, the ratios, and a RESULT line.
 """
 
 from __future__ import annotations
@@ -59,6 +60,28 @@ def run_stillhouse(url: str, n: int, concurrency: int) -> float:
     return n / asyncio.run(go())
 
 
+def run_bare_httpx(url: str, n: int, concurrency: int) -> float:
+    """The machine's ceiling: a bare httpx loop at the same concurrency, no parsing or machinery."""
+    import httpx
+
+    async def go() -> float:
+        limit = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
+
+            async def one(prompt: str) -> None:
+                async with limit:
+                    body = {"model": "fake-model", "messages": [{"role": "user", "content": prompt}],
+                            "max_tokens": 16, "logprobs": True, "top_logprobs": 2}  # fmt: skip
+                    (await client.post(f"{url}/chat/completions", json=body)).raise_for_status()
+
+            await asyncio.gather(*(one(p) for p in prompts(concurrency * 2, "warm-up")))
+            started = time.perf_counter()
+            await asyncio.gather(*(one(p) for p in prompts(n, "httpx")))
+            return time.perf_counter() - started
+
+    return n / asyncio.run(go())
+
+
 def run_distilabel(url: str, n: int, batch_size: int) -> float:
     from distilabel.models.llms import OpenAILLM
 
@@ -77,7 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--latency", type=float, default=0.1, help="server seconds per request")
+    parser.add_argument(
+        "--latency", type=float, default=0.25, help="server seconds per request (LLM APIs: 0.25 s and up)"
+    )
     parser.add_argument("--quick", action="store_true", help="400 requests")
     args = parser.parse_args()
     n = 400 if args.quick else args.requests
@@ -87,6 +112,7 @@ def main() -> None:
         ideal = args.concurrency / args.latency
         stillhouse = run_stillhouse(url, n, args.concurrency)
         distilabel = run_distilabel(url, n, args.concurrency)
+        ceiling = run_bare_httpx(url, n, args.concurrency)
     finally:
         server.kill()
         server.wait()
@@ -94,10 +120,12 @@ def main() -> None:
     print(f"ideal       {ideal:8.1f} req/s")
     print(f"stillhouse  {stillhouse:8.1f} req/s  ({stillhouse / ideal:.3f} of ideal)")
     print(f"distilabel  {distilabel:8.1f} req/s  ({distilabel / ideal:.3f} of ideal)")
+    print(f"bare httpx  {ceiling:8.1f} req/s  ({ceiling / ideal:.3f} of ideal: this machine's ceiling)")
     print(f"stillhouse / distilabel = {stillhouse / distilabel:.3f}")
     print(
         f"RESULT stillhouse_rps={stillhouse:.1f} ideal_rps={ideal:.1f} ratio_vs_ideal={stillhouse / ideal:.3f} "
-        f"distilabel_rps={distilabel:.1f} ratio_vs_distilabel={stillhouse / distilabel:.3f}"
+        f"distilabel_rps={distilabel:.1f} ratio_vs_distilabel={stillhouse / distilabel:.3f} "
+        f"bare_httpx_rps={ceiling:.1f} ratio_vs_bare_httpx={stillhouse / ceiling:.3f}"
     )
 
 

@@ -31,7 +31,7 @@ class HashedBagStudent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["hashed_bag"] = "hashed_bag"
-    buckets: int = Field(1 << 18, ge=16, description="Hash buckets shared by all n-grams.")
+    buckets: int = Field(1 << 16, ge=16, description="Hash buckets shared by all n-grams.")
     dim: int = Field(64, ge=2, description="Embedding width.")
     word_ngrams: int = Field(2, ge=1, le=4, description="Word n-grams up to this length.")
     char_ngrams: tuple[int, int] = Field((3, 5), description="Character n-gram lengths (min, max) inside words.")
