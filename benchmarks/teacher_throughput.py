@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
-        "--latency", type=float, default=0.25, help="server seconds per request (LLM APIs: 0.25 s and up)"
+        "--latency", type=float, default=0.5, help="server seconds per request (hosted LLM APIs: 0.5 s and up)"
     )
     parser.add_argument("--quick", action="store_true", help="400 requests")
     args = parser.parse_args()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures.fake_openai_server import FakeOpenAIServer, expected_token_indices, fake_logprob
+from fixtures.fake_openai_server import FAULTS, FakeOpenAIServer, expected_token_indices, fake_logprob
 from pydantic import TypeAdapter, ValidationError
 
 from factory.teachers import (
@@ -77,10 +77,20 @@ def test_every_request_answered_once_or_failed_under_faults(tmp_path):
     stats = teacher.stats
     assert stats.failed == len(failed) and len(answered) + len(failed) == len(requests)
     assert stats.requests_sent == server.counts["requests"]  # every attempt reached the server once
-    assert sum(server.counts[f] for f in ("429", "500", "timeout", "truncated", "malformed")) > 0
+    assert sum(server.counts[f] for f in FAULTS) > 0
     assert stats.retries > 0
     with ResponseCache(tmp_path / CACHE_FILE_NAME) as cache:
         assert len(cache) == len(answered)  # one cache row per answered request, no duplicates
+
+
+def test_an_answer_of_the_wrong_shape_is_retried_then_reported(tmp_path):
+    with FakeOpenAIServer(script=["wrong_shape", "ok"] + ["wrong_shape"] * 3) as server:
+        # one at a time, so the first request takes the first two scripted answers
+        teacher = build_teacher(config(server, max_retries=2, concurrency=1), cache_dir=None)
+        retried, failed = run(teacher, [TeacherRequest.chat(q, top_logprobs=2) for q in ("first", "second")])
+    assert retried.ok and retried.samples[0].logprobs
+    assert not failed.ok and failed.error.startswith("failed after 3 attempt(s): malformed answer (KeyError")
+    assert teacher.stats.retries == 3 and teacher.stats.failed == 1
 
 
 def test_retry_after_is_honoured(tmp_path):
