@@ -138,6 +138,21 @@ def test_a_dropped_row_keeps_its_first_reason():
 # --- exact and near duplicates ----------------------------------------------------------------
 
 
+def test_near_duplicate_chain_member_names_its_closest_link():
+    # a -> b -> c: each step shifts a 100-word window by 8 words (jaccard 0.85 on 3-word
+    # shingles), so c is 0.72 from a: a duplicate only through b.
+    words = [f"w{i}" for i in range(200)]
+    rows = [
+        {"id": "a", "response": " ".join(words[0:100]), "judge_score": 9.0},
+        {"id": "b", "response": " ".join(words[8:108]), "judge_score": 5.0},
+        {"id": "c", "response": " ".join(words[16:116]), "judge_score": 1.0},
+    ]
+    out = MinHashDedup(MinHashDedupConfig(columns=["response"]), show_progress=False).apply(records(rows))
+    reasons = dropped(out)
+    assert reasons["b"] == "near_duplicate: of a jaccard=0.85"
+    assert reasons["c"] == "near_duplicate: of a jaccard=0.72 (same cluster via a row at jaccard=0.85)"
+
+
 def test_exact_dedup_normalises_and_keeps_best_scored_copy():
     frame = records(
         [

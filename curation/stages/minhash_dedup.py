@@ -125,14 +125,21 @@ class MinHashDedup(Stage):
         dup_rows = np.flatnonzero(duplicate)
         kept_similarity = np.full(frame.height, np.nan)
         kept_similarity[dup_rows] = sets.jaccard(dup_rows, keeper[dup_rows])
+        # A cluster is a chain of verified pairs, so a member can sit below the threshold
+        # to its keeper: its reason then also names its closest verified link.
+        nearest = np.zeros(frame.height)
+        np.maximum.at(nearest, left[verified], similarity[verified])
+        np.maximum.at(nearest, right[verified], similarity[verified])
         ids = frame["id"].cast(pl.String).to_numpy()
         clusters = pl.Series("dup_cluster", cluster, dtype=pl.Int64)
         frame = frame.with_columns(pl.when(clusters >= 0).then(clusters).alias("dup_cluster"))
-        reason = pl.format(
-            "near_duplicate: of {} jaccard={}",
-            pl.Series(ids[keeper]),
-            pl.Series(np.round(kept_similarity, 2)),
-        )
+        to_keeper = pl.lit(pl.Series(np.round(kept_similarity, 2)))
+        reason = pl.select(
+            pl.format("near_duplicate: of {} jaccard={}", pl.lit(pl.Series(ids[keeper])), to_keeper)
+            + pl.when(to_keeper < c.threshold)
+            .then(pl.format(" (same cluster via a row at jaccard={})", pl.lit(pl.Series(np.round(nearest, 2)))))
+            .otherwise(pl.lit(""))
+        ).to_series()
         self.notes.append(
             f"{self.name}: {self.candidates} LSH candidate pairs, {self.verified} verified at "
             f"jaccard >= {c.threshold} ({self.bands} bands x {self.rows} rows)"
