@@ -760,10 +760,14 @@ def compose(core: str, details: list[str], rng: random.Random) -> str:
 def teacher_examples(rng: random.Random) -> list[dict]:
     rows = []
     for intent in INTENTS:
-        cores = intent.teacher + rng.sample(intent.teacher, TEACHER_PER_INTENT - len(intent.teacher))
-        for core in cores:
-            # the teacher's examples are clean, hand-written ones: light wrapping only
-            rows.append({"text": fill(core, rng), "label": intent.name})
+        # the teacher's examples are clean, hand-written ones: each core once as written,
+        # the extra ones as a chat message (a core without slots would repeat verbatim)
+        texts = [fill(core, rng) for core in intent.teacher]
+        while len(texts) < TEACHER_PER_INTENT:
+            text = f"{rng.choice(CHAT_OPENERS)} {fill(rng.choice(intent.teacher), rng).lower()}"
+            if text not in texts:
+                texts.append(text)
+        rows += [{"text": text, "label": intent.name} for text in texts]
     return rows
 
 

@@ -115,8 +115,9 @@ class Runner:
         from factory.teachers.classifier import train_encoder_head
 
         self.state.start(step, step_fp)
-        examples, _ = load_seeds(spec.data, columns={"instruction": spec.text_column, "label": spec.label_column})
-        self._log(f"teacher: fitting a classifier head on {examples.height} labelled examples -> {output}")
+        examples, merged = load_seeds(spec.data, columns={"instruction": spec.text_column, "label": spec.label_column})
+        repeats = f" ({merged} repeated examples merged)" if merged else ""
+        self._log(f"teacher: fitting a classifier head on {examples.height} labelled examples{repeats} -> {output}")
         train_encoder_head(
             examples["instruction"].to_list(),
             examples["label"].to_list(),
