@@ -7,6 +7,7 @@ Sub-command groups live in their own modules and are registered here.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -203,6 +204,9 @@ def config_validate(path: Annotated[Path, typer.Argument(help="A run config YAML
 
 def main() -> None:
     """Console-script entry point."""
+    # Hugging Face's per-load tqdm bars ("Loading weights") interleave with ours; ours
+    # carry the totals that matter. Set before transformers is imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app()
     except StillhouseError as exc:
