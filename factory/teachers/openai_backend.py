@@ -59,7 +59,7 @@ def retry_after_seconds(headers: Any) -> float | None:
         try:
             return min(_MAX_RETRY_AFTER_S, float(value) / 1000)
         except ValueError:
-            pass
+            pass  # not a number: fall back to `retry-after`
     value = headers.get("retry-after")
     if not value:
         return None
