@@ -31,6 +31,11 @@ def train_command(
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     console.print(f"trained on {result.dataset_ref}: {result.steps} steps{resumed}{loss}")
+    if result.details.get("skipped_review_corrected"):
+        console.print(
+            f"left out {result.details['skipped_review_corrected']} review-corrected rows: no teacher logprobs "
+            "describe their corrected responses (objective: sft trains on them)"
+        )
     console.print(f"model: {result.model_dir}")
 
 

@@ -144,6 +144,26 @@ def test_token_kd_refuses_a_different_tokenizer(kd_store, tiny_student, tmp_path
     assert not (tmp_path / "run" / "model").exists()
 
 
+def test_token_kd_leaves_out_review_corrected_rows(kd_store, tiny_student, tmp_path):
+    # A review pull clears a corrected row's samples: its logprobs described the replaced text.
+    store = DatasetStore(kd_store)
+    rows = store.resolve("gen@v1").read().to_dicts()
+    original = rows[0]["response"]
+    rows[0].update(
+        samples=None,
+        response="a corrected answer",
+        review={"status": "corrected", "reviewer": "ann", "correction": "a corrected answer", "original": original},
+    )
+    store.publish("reviewed", pl.DataFrame(rows))
+    result = train(causal_config(kd_store, tiny_student, tmp_path / "run", dataset="reviewed@v1", epochs=1))
+    assert result.details["skipped_review_corrected"] == 1
+    assert result.details["examples"] == len(rows) - 1
+    rows[1].update(samples=None)  # a row without samples that no reviewer corrected is still an error
+    store.publish("broken", pl.DataFrame(rows))
+    with pytest.raises(StillhouseError, match=r"broken@v1: column 'samples' row 1 .*no sample with token_ids"):
+        train(causal_config(kd_store, tiny_student, tmp_path / "broken", dataset="broken@v1", epochs=1))
+
+
 def test_sft_masks_the_prompt_and_packs(tiny_llama):
     from transformers import AutoTokenizer
 

@@ -77,11 +77,19 @@ def pack(examples: list[dict[str, list[int]]], block: int) -> list[dict[str, lis
     return [{"input_ids": ids[i : i + block], "labels": labels[i : i + block]} for i in range(0, len(ids), block)]
 
 
-def kd_examples(version: DatasetVersion, frame: pl.DataFrame, tokenizer: Any, max_length: int) -> list[dict]:
-    examples = []
+def kd_examples(
+    version: DatasetVersion, frame: pl.DataFrame, tokenizer: Any, max_length: int
+) -> tuple[list[dict], int]:
+    """Token-KD examples, and how many review-corrected rows were left out: a review pull
+    clears their samples, since the teacher's logprobs describe the response a reviewer
+    replaced (SFT trains on the corrected text)."""
+    examples, corrected = [], 0
     for index, row in enumerate(frame.iter_rows(named=True)):
         sample = chosen_sample(row)
         where = f"{version.ref}: column 'samples' row {index} (id {row['id']})"
+        if sample is None and (row.get("review") or {}).get("status") == "corrected":
+            corrected += 1
+            continue
         if sample is None or not sample["token_ids"] or not sample["top_ids"]:
             raise StillhouseError(f"{where}: no sample with token_ids and top-k logprobs; token KD needs them")
         if not (len(sample["token_ids"]) == len(sample["top_ids"]) == len(sample["top_logprobs"])):
@@ -98,7 +106,9 @@ def kd_examples(version: DatasetVersion, frame: pl.DataFrame, tokenizer: Any, ma
                 "top_logprobs": [list(lps) for lps in sample["top_logprobs"][:keep]],
             }
         )
-    return examples
+    if not examples:
+        raise StillhouseError(f"{version.ref}: every row is review-corrected, so none has teacher logprobs; use sft")
+    return examples, corrected
 
 
 def pad_batch(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -147,15 +157,16 @@ def train_causal(config: TrainConfig, version: DatasetVersion, model_dir: Path) 
     tokenizer = AutoTokenizer.from_pretrained(student.path, local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    columns = ["id", "instruction", "input", "response", "samples", "teacher"]
+    columns = ["id", "instruction", "input", "response", "samples", "teacher", "review"]
     frame = version.read(columns=columns)
     if frame.height == 0:
         raise StillhouseError(f"{version.ref}: no kept rows to train on")
 
     if config.objective == "token_kd":
         check_tokenizer(version, frame, tokenizer, student.path)
-        examples = kd_examples(version, frame, tokenizer, student.max_length)
+        examples, skipped_corrected = kd_examples(version, frame, tokenizer, student.max_length)
     else:
+        skipped_corrected = 0
         missing = frame["response"].is_null()
         if missing.any():
             raise StillhouseError(f"{version.ref}: column 'response' row {int(missing.arg_true()[0])} is empty (SFT)")
@@ -208,6 +219,7 @@ def train_causal(config: TrainConfig, version: DatasetVersion, model_dir: Path) 
     details = {
         "student_path": student.path,
         "examples": len(examples),
+        "skipped_review_corrected": skipped_corrected,
         "tokenizer_hash": tokenizer_hash(tokenizer),
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
