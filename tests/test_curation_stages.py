@@ -153,6 +153,23 @@ def test_near_duplicate_chain_member_names_its_closest_link():
     assert reasons["c"] == "near_duplicate: of a jaccard=0.72 (same cluster via a row at jaccard=0.85)"
 
 
+EARLIER_DROP = {"drop_stage": "heuristics", "drop_reason": "too_short"}
+
+
+def test_near_duplicate_of_an_already_dropped_row_is_kept():
+    words = [f"w{i}" for i in range(200)]
+    rows = [
+        {"id": "earlier", "response": " ".join(words[0:100]), "judge_score": 9.0, **EARLIER_DROP},
+        {"id": "live", "response": " ".join(words[8:108]), "judge_score": 1.0},
+        {"id": "other", "response": " ".join(words[100:200])},
+    ]
+    stage = MinHashDedup(MinHashDedupConfig(columns=["response"]), show_progress=False)
+    out = stage.apply(records(rows))
+    assert dropped(out) == {"earlier": "too_short"}  # only the earlier drop: "live" has no live twin
+    everything_dropped = records([{**row, **EARLIER_DROP} for row in rows])
+    assert stage.apply(everything_dropped).height == 3
+
+
 def test_exact_dedup_normalises_and_keeps_best_scored_copy():
     frame = records(
         [

@@ -110,12 +110,17 @@ class MinHashDedup(Stage):
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         c = self.config
         text = joined(c.columns)
-        texts = frame.select(text.alias("t"))["t"]
+        # Shingles and signatures for the rows still live only: earlier stages' drops cost nothing.
+        live = np.flatnonzero(active(frame).to_numpy())
+        position = np.full(frame.height, -1)  # frame row -> index into `sets`
+        position[live] = np.arange(len(live))
+        texts = frame[live].select(text.alias("t"))["t"]
         sets = shingle(texts, c.shingle, c.ngram, seed=c.seed)
         sigs = signatures(sets, c.num_perm, c.seed, c.batch_docs, show=self.show_progress)
-        docs = np.flatnonzero(active(frame).to_numpy() & (sets.counts() > 0))
+        docs = np.flatnonzero(sets.counts() > 0)
         left, right = band_candidates(sigs, docs, self.bands, self.rows)
         similarity = sets.jaccard(left, right)
+        left, right = live[left], live[right]
         verified = similarity >= c.threshold
         self.candidates, self.verified = len(left), int(verified.sum())
 
@@ -124,7 +129,7 @@ class MinHashDedup(Stage):
         duplicate = (cluster >= 0) & ~is_keeper
         dup_rows = np.flatnonzero(duplicate)
         kept_similarity = np.full(frame.height, np.nan)
-        kept_similarity[dup_rows] = sets.jaccard(dup_rows, keeper[dup_rows])
+        kept_similarity[dup_rows] = sets.jaccard(position[dup_rows], position[keeper[dup_rows]])
         # A cluster is a chain of verified pairs, so a member can sit below the threshold
         # to its keeper: its reason then also names its closest verified link.
         nearest = np.zeros(frame.height)
