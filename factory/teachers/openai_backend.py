@@ -165,7 +165,7 @@ class OpenAITeacher(ManagedTeacher):
 
     def _to_generation(self, request: TeacherRequest, response: dict) -> Generation:
         samples, sources = [], set()
-        for choice in sorted(response["choices"], key=lambda choice: choice["index"]):
+        for choice in sorted(response["choices"], key=lambda choice: choice.get("index") or 0):
             sample, source = self._to_sample(choice)
             samples.append(sample)
             sources.add(source)
