@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 import torch
+from fixtures.teacher_calls import generate_and_close as run
 
 from factory.teachers import ClassifierTeacherConfig, ModelNotFoundError, TeacherRequest, build_teacher
 from factory.teachers.classifier import load_encoder, train_encoder_head
@@ -17,16 +17,6 @@ TEXTS = {
     "pin": ["I forgot my pin", "reset my pin code", "pin blocked after three tries", "change the card pin"],
 }
 TASK = "Classify the intent of this support ticket."
-
-
-def run(teacher, requests):
-    async def go():
-        try:
-            return await teacher.generate(requests)
-        finally:
-            await teacher.close()
-
-    return asyncio.run(go())
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ speaks the OpenAI API and injects faults (tests/fixtures/fake_openai_server.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.fake_openai_server import FAULTS, FakeOpenAIServer, expected_token_indices, fake_logprob
+from fixtures.teacher_calls import generate_and_close as run
 from pydantic import TypeAdapter, ValidationError
 
 from factory.teachers import (
@@ -35,16 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 def config(server: FakeOpenAIServer, **overrides) -> OpenAITeacherConfig:
     values = {"model": "fake-model", "base_url": server.url, "timeout_s": 2.0, "concurrency": 8, "max_retries": 3}
     return OpenAITeacherConfig(**{**values, **overrides})
-
-
-def run(teacher, requests):
-    async def go():
-        try:
-            return await teacher.generate(requests)
-        finally:
-            await teacher.close()
-
-    return asyncio.run(go())
 
 
 def expected_text(server: FakeOpenAIServer, request: TeacherRequest, choice: int = 0) -> str:
