@@ -85,8 +85,8 @@ class MinHashDedupConfig(StageModel):
     )
     threshold: Similarity = Field(0.8, description="Jaccard similarity at or above which rows are duplicates.")
     seed: int = 1
-    batch_docs: Annotated[int, Field(ge=1)] = Field(
-        128, description="Documents per signature batch (memory: docs x shingles x num_perm x 8 bytes)."
+    block_docs: Annotated[int, Field(ge=1)] = Field(
+        20_000, description="Documents sketched per block (memory: a block's gram hashes, ~100 x 8 bytes per doc)."
     )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
 
