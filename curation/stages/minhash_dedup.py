@@ -18,9 +18,17 @@ import numpy as np
 import polars as pl
 import rensa
 
+from curation.against import load_references
 from curation.config import MinHashDedupConfig
 from curation.stages.base import Stage, active, keep_best_of_groups, keep_rank, progress, union_find
+from curation.store import DatasetStore
 from curation.text import gram_hashes, joined, shingle
+
+
+def rensa_version() -> str:
+    from importlib.metadata import version
+
+    return version("rensa")
 
 
 def lsh_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
@@ -48,15 +56,23 @@ def signature_rows(grams: np.ndarray, offsets: np.ndarray, num_perm: int, seed: 
     return np.array(matrix.to_rows(), dtype=np.uint32).reshape(len(offsets) - 1, num_perm)
 
 
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(documents, bands) uint64: one hash of each band's rows (equal rows, equal key)."""
+    keys = np.zeros((len(sigs), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            block = sigs[:, band * rows : (band + 1) * rows].astype(np.uint64)
+            for column in range(rows):
+                keys[:, band] = (keys[:, band] ^ block[:, column]) * np.uint64(0x100000001B3)
+    return keys
+
+
 def band_candidates(sigs: np.ndarray, docs: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique (left, right) pairs of `docs` (left < right) that share all rows of at least one band."""
     lefts, rights = [], []
+    keys = band_keys(sigs[docs], bands, rows)
     for band in range(bands):
-        block = sigs[docs, band * rows : (band + 1) * rows].astype(np.uint64)
-        key = np.zeros(len(docs), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for column in range(rows):
-                key = (key ^ block[:, column]) * np.uint64(0x100000001B3)
+        key = keys[:, band]
         order = np.argsort(key, kind="stable")
         sorted_key = key[order]
         run_start = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
@@ -76,6 +92,18 @@ def band_candidates(sigs: np.ndarray, docs: np.ndarray, bands: int, rows: int) -
     return pairs // (sigs.shape[0] + 1), pairs % (sigs.shape[0] + 1)
 
 
+def shared_band_pairs(left_keys: np.ndarray, right_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (i, j) with row i of `left_keys` and row j of `right_keys` equal in at least one band."""
+    pairs = [
+        pl.DataFrame({"k": left_keys[:, band], "i": np.arange(len(left_keys))})
+        .join(pl.DataFrame({"k": right_keys[:, band], "j": np.arange(len(right_keys))}), on="k")
+        .select("i", "j")
+        for band in range(left_keys.shape[1])
+    ]
+    joined_pairs = pl.concat(pairs).unique().sort("i", "j") if pairs else pl.DataFrame({"i": [], "j": []})
+    return joined_pairs["i"].to_numpy().astype(np.int64), joined_pairs["j"].to_numpy().astype(np.int64)
+
+
 def _live_texts(frame: pl.DataFrame, live: np.ndarray, columns: list[str]) -> pl.Series:
     """The text of the live rows; the column itself (no copy of a large corpus) when it is all there is."""
     if len(columns) == 1 and len(live) == frame.height and frame.schema[columns[0]] == pl.String:
@@ -88,6 +116,7 @@ class MinHashDedup(Stage):
         super().__init__()
         self.config = config or MinHashDedupConfig()
         self.name = self.config.name or "minhash_dedup"
+        self.reference_store: DatasetStore | None = None  # where `against` refs resolve (default store if None)
         self.show_progress = show_progress
         c = self.config
         if c.bands is None:
@@ -122,14 +151,54 @@ class MinHashDedup(Stage):
         flags = np.concatenate([np.asarray(index.query_duplicate_flags_matrix(m), dtype=bool) for m in matrices])
         return np.flatnonzero(flags)
 
+    def drop_published(self, frame: pl.DataFrame, live: np.ndarray, texts: pl.Series) -> pl.DataFrame:
+        """Drop live rows at jaccard >= threshold to a kept row of an `against` version (exactly verified)."""
+        c = self.config
+        perms = self.bands * self.rows
+
+        def keys_of(texts: pl.Series) -> np.ndarray:
+            sigs = signature_rows(*gram_hashes(texts, c.shingle, c.ngram, seed=c.seed), perms, c.seed)
+            return band_keys(sigs, self.bands, self.rows)
+
+        new_keys = keys_of(texts)
+        for reference in load_references(c.against, c.columns, self.reference_store):
+            shape = f"{c.shingle}{c.ngram}-{perms}x{self.bands}-seed{c.seed}-{'+'.join(c.columns)}"
+            known = reference.cached(f"minhash-{shape}-rensa{rensa_version()}", lambda r=reference: keys_of(r.texts))
+            new, old = shared_band_pairs(new_keys, known)
+            if not len(new):
+                continue
+            new_rows, new_at = np.unique(new, return_inverse=True)
+            old_rows, old_at = np.unique(old, return_inverse=True)
+            both = pl.concat([texts.gather(new_rows), reference.texts.gather(old_rows)])
+            sets = shingle(both, c.shingle, c.ngram, seed=c.seed)
+            similarity = sets.jaccard(new_at, old_at + len(new_rows))
+            best = pl.DataFrame({"row": new, "old": old, "j": similarity}).filter(pl.col("j") >= c.threshold)
+            best = best.sort("j", descending=True).unique("row", keep="first")
+            rows = live[best["row"].to_numpy()]
+            names = np.full(frame.height, None, dtype=object)
+            names[rows] = reference.row_ref(best["old"].to_numpy()).to_numpy()
+            jaccard = np.zeros(frame.height)
+            jaccard[rows] = np.round(best["j"].to_numpy(), 2)
+            hit = np.zeros(frame.height, dtype=bool)
+            hit[rows] = True
+            reason = pl.format(
+                "near_duplicate: of {} jaccard={}",
+                pl.lit(pl.Series(names, dtype=pl.String)),
+                pl.lit(pl.Series(jaccard)),
+            )
+            frame = self.drop(frame, pl.Series(hit), reason)
+        return frame
+
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         c = self.config
         text = joined(c.columns)
         # Only rows still live are sketched: earlier stages' drops cost nothing.
         live = np.flatnonzero(active(frame).to_numpy())
-        position = np.full(frame.height, -1)  # frame row -> index among the live rows
-        position[live] = np.arange(len(live))
         texts = _live_texts(frame, live, c.columns)
+        if c.against:
+            frame = self.drop_published(frame, live, texts)
+            still = active(frame).to_numpy()[live]
+            live, texts = live[still], texts.filter(pl.Series(still))
         flagged = self.flag_candidates(texts)
         # Candidate pairs exist only among flagged rows: exact sets and signature rows for those alone.
         sets = shingle(texts[flagged], c.shingle, c.ngram, seed=c.seed)
@@ -138,8 +207,8 @@ class MinHashDedup(Stage):
         left, right = band_candidates(sigs, np.flatnonzero(sets.counts() > 0), self.bands, self.rows)
         similarity = sets.jaccard(left, right)
         left, right = live[flagged[left]], live[flagged[right]]
-        position[live] = -1
-        position[live[flagged]] = np.arange(len(flagged))  # frame row -> index into `sets`
+        position = np.full(frame.height, -1)  # frame row -> index into `sets`
+        position[live[flagged]] = np.arange(len(flagged))
         verified = similarity >= c.threshold
         self.candidates, self.verified = len(left), int(verified.sum())
 
