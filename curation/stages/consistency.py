@@ -1,12 +1,17 @@
-"""Self-consistency: do the teacher's n samples for a prompt agree with each other?
+"""Self-consistency (Wang et al., 2022): do the teacher's n samples for a prompt agree, and keep the majority.
 
 - classification: share of samples whose parsed label is the majority label;
-- final answer ("Final answer: X", "The answer is X", \\boxed{X}, else the last number):
-  share of samples whose normalised answer is the majority answer;
+- final answer (`factory.tasks.parsing`'s marker, last match: "Final answer: X",
+  "The answer is X"): share of samples whose normalised answer is the majority answer;
 - open-ended: mean pairwise token Jaccard similarity of the samples.
 
-Unparsable samples count against agreement. Rows with fewer than two samples get no
-score (null) and are never dropped here. All of it runs on exploded samples with polars.
+Unparsable samples count against agreement. For the two answer methods the row's
+`response` becomes a sample holding the majority answer (one that finished on its
+own, then the best mean token logprob, then the earliest), and `chosen_sample` its
+index, so the consistency score describes the text that is kept; among answers
+tied for the majority, the one with the best such sample wins. Rows an earlier
+stage dropped keep their response. Rows with fewer than two samples get no score
+(null) and are never dropped here. All of it runs on exploded samples with polars.
 """
 
 from __future__ import annotations
@@ -17,17 +22,9 @@ import polars as pl
 
 from curation.config import ConsistencyConfig
 from curation.stages.base import Stage
+from factory.tasks.parsing import final_answer_expr
 
-ANSWER_PATTERNS = [
-    r"(?i)final answer\s*(?:is)?\s*[:：]?\s*([^\n]+)",
-    r"(?i)the answer is\s*[:：]?\s*([^\n]+)",
-    r"\\boxed\{([^{}]*)\}",
-]
 NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
-
-
-def explicit_answer(text: pl.Expr) -> pl.Expr:
-    return pl.coalesce([text.str.extract(pattern, 1) for pattern in ANSWER_PATTERNS])
 
 
 def normalize_answer(answer: pl.Expr) -> pl.Expr:
@@ -64,34 +61,38 @@ class Consistency(Stage):
         samples = (
             frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), "samples")
             .explode("samples")
-            .filter(pl.col("samples").is_not_null())
-            .select("_row", pl.col("samples").struct.field("text").fill_null("").alias("text"))
             .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("_row").alias("_sample"))
+            .filter(pl.col("samples").is_not_null())
+            .select(
+                "_row",
+                "_sample",
+                pl.col("samples").struct.field("text").fill_null("").alias("text"),
+                (pl.col("samples").struct.field("finish_reason") == "stop").fill_null(False).alias("_stopped"),
+                pl.col("samples").struct.field("logprobs").list.mean().alias("_mean_logprob"),
+            )
         )
         labels = self._labels(frame)
         method = self._methods(samples, labels)
-        samples = samples.join(method, on="_row", how="left")
-        answers = samples.with_columns(
+        samples = samples.join(method, on="_row", how="inner")
+        answers = samples.filter(pl.col("method") != "similarity").with_columns(
             pl.when(pl.col("method") == "label")
             .then(parse_label(pl.col("text"), labels) if labels else pl.lit(None, dtype=pl.String))
-            .when(pl.col("method") == "final_answer")
-            .then(
-                normalize_answer(
-                    pl.coalesce(explicit_answer(pl.col("text")), pl.col("text").str.extract_all(NUMBER).list.last())
-                )
-            )
+            .otherwise(normalize_answer(final_answer_expr(pl.col("text"))))
             .alias("answer")
         )
-        scores = pl.concat(
-            [self._majority_share(answers.filter(pl.col("method") != "similarity")), self._similarity(samples)],
-            how="vertical",
-        )
+        scores = pl.concat([self._majority_share(answers), self._similarity(samples)], how="vertical")
         rows = pl.DataFrame({"_row": pl.int_range(frame.height, dtype=pl.Int64, eager=True)})
-        scored = rows.join(scores, on="_row", how="left").join(method, on="_row", how="left").sort("_row")
+        scored = (
+            rows.join(scores, on="_row", how="left")
+            .join(method, on="_row", how="left")
+            .join(self._majority_sample(answers), on="_row", how="left")
+            .sort("_row")
+        )
         frame = frame.with_columns(
             scored["consistency"].alias("consistency"),
             pl.when(scored["consistency"].is_not_null()).then(scored["method"]).alias("consistency_method"),
         )
+        frame = self._keep_majority_sample(frame, scored)
         if self.config.min_consistency is None:
             return frame
         return self.drop(
@@ -105,6 +106,31 @@ class Consistency(Stage):
             ),
         )
 
+    @staticmethod
+    def _keep_majority_sample(frame: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
+        """`response` and `chosen_sample` become the majority sample on rows still kept."""
+        replace = scored["_chosen"].is_not_null() & frame["drop_stage"].is_null()
+        updates = [
+            pl.when(replace)
+            .then(scored["_chosen"])
+            .otherwise(pl.col("chosen_sample"))
+            .cast(pl.Int32)
+            .alias("chosen_sample"),
+            pl.when(replace).then(scored["_chosen_text"]).otherwise(pl.col("response")).alias("response"),
+        ]
+        if "chosen_sample" not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.Int32).alias("chosen_sample"))
+        if "response" not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("response"))
+        if "final_answer" in frame.columns:  # respond's chain-of-thought column describes the kept text
+            updates.append(
+                pl.when(replace)
+                .then(final_answer_expr(pl.lit(scored["_chosen_text"])))
+                .otherwise(pl.col("final_answer"))
+                .alias("final_answer")
+            )
+        return frame.with_columns(updates)
+
     def _labels(self, frame: pl.DataFrame) -> list[str]:
         if self.config.labels:
             return self.config.labels
@@ -116,7 +142,7 @@ class Consistency(Stage):
         """Which agreement measure each row gets (only rows with at least two samples)."""
         mode = self.config.mode
         per_row = samples.group_by("_row").agg(
-            pl.len().alias("n"), explicit_answer(pl.col("text")).is_not_null().all().alias("all_answered")
+            pl.len().alias("n"), final_answer_expr(pl.col("text")).is_not_null().all().alias("all_answered")
         )
         if mode == "classification" or (mode == "auto" and labels):
             method = pl.lit("label")
@@ -130,18 +156,25 @@ class Consistency(Stage):
 
     @staticmethod
     def _majority_share(answers: pl.DataFrame) -> pl.DataFrame:
-        majority = (
-            answers.filter(pl.col("answer").is_not_null())
-            .group_by("_row", "answer")
-            .len()
-            .group_by("_row")
-            .agg(pl.col("len").max().alias("agree"))
+        """Share of a row's samples that hold its most common answer (unparsed samples count against)."""
+        return answers.group_by("_row").agg(
+            (pl.col("answer").drop_nulls().unique_counts().max().fill_null(0) / pl.len()).alias("consistency")
+        )
+
+    @staticmethod
+    def _majority_sample(answers: pl.DataFrame) -> pl.DataFrame:
+        """Per row, the best sample among those holding a majority answer: `_chosen` index, `_chosen_text`."""
+        voted = answers.filter(pl.col("answer").is_not_null()).with_columns(
+            pl.len().over("_row", "answer").alias("_votes")
         )
         return (
-            answers.select("_row", "n")
-            .unique("_row")
-            .join(majority, on="_row", how="left")
-            .select("_row", (pl.col("agree").fill_null(0) / pl.col("n")).alias("consistency"))
+            voted.sort(
+                ["_row", "_votes", "_stopped", "_mean_logprob", "_sample"],
+                descending=[False, True, True, True, False],
+                nulls_last=True,
+            )
+            .unique("_row", keep="first", maintain_order=True)
+            .select("_row", pl.col("_sample").alias("_chosen"), pl.col("text").alias("_chosen_text"))
         )
 
     @staticmethod

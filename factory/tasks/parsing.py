@@ -10,11 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import polars as pl
+
 # "3. text", "3) text", "3: text", "3 - text", "#3. text", "Task 3: text", "**3.** text"
 NUMBERED_ITEM = re.compile(r"^\s*(?:\*\*)?(?:#\s*|task\s+|instruction\s+)?(\d{1,3})\s*(?:[.):]|\s-)\**\s*(.*)$", re.I)
 ITEM_LABEL = re.compile(r"^(?:\*\*)?(?:instruction|task|prompt)\s*:\s*(?:\*\*)?\s*", re.I)
 YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.I)
-FINAL_ANSWER = re.compile(r"final answer\s*[:\-]\s*(.+)", re.I)
+# "Final answer: X", "final answer is X", "The answer is X". One pattern for the Python parser
+# and the polars expression below (its syntax is valid for both `re` and Rust's regex).
+FINAL_ANSWER_PATTERN = r"(?i)\b(?:final answer\s*(?:is\b\s*:?|[:\-])|the answer is\b\s*:?)\s*(.+)"
+FINAL_ANSWER = re.compile(FINAL_ANSWER_PATTERN)
 NO_INPUT = {"", "<noinput>", "<no input>", "none", "n/a", "null", "-", "no input", "(none)", "<none>"}
 
 
@@ -117,7 +122,10 @@ def _instance(lead: str, lead_value: str, second_value: str) -> Instance:
 
 
 def extract_final_answer(text: str | None) -> str | None:
-    """The text after the last "Final answer:" marker (first line of it), or None."""
+    """The rest of the line after the last final-answer marker ("Final answer:", "The answer is"), or None.
+
+    The last one wins: reasoning often says "final answer" before it gives one.
+    """
     if not text:
         return None
     matches = FINAL_ANSWER.findall(text)
@@ -125,3 +133,10 @@ def extract_final_answer(text: str | None) -> str | None:
         return None
     answer = matches[-1].strip().strip("*").strip()
     return answer or None
+
+
+def final_answer_expr(text: pl.Expr) -> pl.Expr:
+    """`extract_final_answer` as a polars expression (same pattern, same last match, same cleaning)."""
+    last = text.str.extract_all(FINAL_ANSWER_PATTERN).list.last().str.extract(FINAL_ANSWER_PATTERN, 1)
+    answer = last.str.strip_chars().str.strip_chars("*").str.strip_chars()
+    return pl.when(answer != "").then(answer)
