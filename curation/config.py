@@ -143,6 +143,14 @@ class JudgeConfig(StageModel):
     max_tokens: Annotated[int, Field(ge=16)] = 512
     temperature: NonNegative = 0.0
     batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Requests per teacher call (progress step).")
+    on_unparsable: Literal["drop", "keep"] = Field(
+        "drop",
+        description="A row the judge gave no score (reply unparsable after one retry, or request failed): "
+        "drop it (reason judge_unparsable / judge_failed) or keep it unscored. judge_error says why.",
+    )
+    allow_unparsable: bool = Field(
+        False, description="Go on when more than half the rows get no score (default: the run fails)."
+    )
 
     @property
     def scale(self) -> tuple[float, float]:
