@@ -3,7 +3,12 @@
 - classification: share of samples whose parsed label is the majority label;
 - final answer (`factory.tasks.parsing`'s marker, last match: "Final answer: X",
   "The answer is X"): share of samples whose normalised answer is the majority answer;
-- open-ended: mean pairwise token Jaccard similarity of the samples.
+- open-ended: mean pairwise similarity of the samples, by default the cosine of
+  offline MiniLM sentence embeddings (`similarity: embedding`), or word Jaccard.
+  Word overlap misses rewording: on MRPC, pairs people labelled paraphrases
+  often share under half their words. `benchmarks/consistency_mrpc.py` measures
+  both on MRPC and chose each measure's default `min_similarity` on MRPC's train
+  split (the threshold maximising TPR - FPR for telling paraphrases apart).
 
 Unparsable samples count against agreement. For the two answer methods the row's
 `response` becomes a sample holding the majority answer (one that finished on its
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import polars as pl
 
 from curation.config import ConsistencyConfig
 from curation.stages.base import Stage
+from curation.stages.semantic_dedup import Encoder, sentence_transformer_encoder
 from factory.tasks.parsing import final_answer_expr
 
 NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
@@ -48,10 +55,17 @@ def parse_label(text: pl.Expr, labels: list[str]) -> pl.Expr:
 
 
 class Consistency(Stage):
-    def __init__(self, config: ConsistencyConfig | None = None) -> None:
+    def __init__(self, config: ConsistencyConfig | None = None, encoder: Encoder | None = None) -> None:
         super().__init__()
         self.config = config or ConsistencyConfig()
         self.name = self.config.name or "consistency"
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = sentence_transformer_encoder(self.config.model, self.config.batch_size)
+        return self._encoder
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -80,7 +94,13 @@ class Consistency(Stage):
             .otherwise(normalize_answer(final_answer_expr(pl.col("text"))))
             .alias("answer")
         )
-        scores = pl.concat([self._majority_share(answers), self._similarity(samples)], how="vertical")
+        open_samples = samples.filter(pl.col("method") == "similarity")
+        similarity = (
+            self._embedding_similarity(open_samples)
+            if self.config.similarity == "embedding"
+            else self._jaccard_similarity(open_samples)
+        )
+        scores = pl.concat([self._majority_share(answers), similarity], how="vertical")
         rows = pl.DataFrame({"_row": pl.int_range(frame.height, dtype=pl.Int64, eager=True)})
         scored = (
             rows.join(scores, on="_row", how="left")
@@ -93,16 +113,20 @@ class Consistency(Stage):
             pl.when(scored["consistency"].is_not_null()).then(scored["method"]).alias("consistency_method"),
         )
         frame = self._keep_majority_sample(frame, scored)
-        if self.config.min_consistency is None:
-            return frame
+        limits = [
+            ("similarity", self.config.min_similarity),
+            ("label", self.config.min_consistency),
+            ("final_answer", self.config.min_consistency),
+        ]
+        limit = pl.lit(None, dtype=pl.Float64)
+        for method_name, value in limits:
+            if value is not None:
+                limit = pl.when(pl.col("consistency_method") == method_name).then(pl.lit(value)).otherwise(limit)
         return self.drop(
             frame,
-            pl.col("consistency") < self.config.min_consistency,
+            pl.col("consistency") < limit,
             pl.format(
-                "low_consistency: {} {} < {}",
-                pl.col("consistency_method"),
-                pl.col("consistency").round(2),
-                pl.lit(self.config.min_consistency),
+                "low_consistency: {} {} < {}", pl.col("consistency_method"), pl.col("consistency").round(2), limit
             ),
         )
 
@@ -177,10 +201,23 @@ class Consistency(Stage):
             .select("_row", pl.col("_sample").alias("_chosen"), pl.col("text").alias("_chosen_text"))
         )
 
+    def _embedding_similarity(self, open_rows: pl.DataFrame) -> pl.DataFrame:
+        """Mean pairwise cosine of the samples' unit embeddings: for a row's n unit vectors with sum s,
+        the n(n-1) ordered pairs' dot products add up to |s|^2 - n."""
+        if open_rows.height == 0:
+            return pl.DataFrame(schema={"_row": pl.Int64, "consistency": pl.Float64})
+        open_rows = open_rows.sort("_row", "_sample")
+        vectors = self.encoder(open_rows["text"].to_list()).astype(np.float64)
+        rows = open_rows["_row"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        sums = np.add.reduceat(vectors, starts, axis=0)
+        n = np.diff(np.r_[starts, len(rows)]).astype(np.float64)
+        mean_cosine = ((sums**2).sum(axis=1) - n) / (n * (n - 1))
+        return pl.DataFrame({"_row": rows[starts], "consistency": mean_cosine.clip(-1.0, 1.0)})
+
     @staticmethod
-    def _similarity(samples: pl.DataFrame) -> pl.DataFrame:
-        """Mean pairwise token Jaccard over every pair of samples of a row."""
-        open_rows = samples.filter(pl.col("method") == "similarity")
+    def _jaccard_similarity(open_rows: pl.DataFrame) -> pl.DataFrame:
+        """Mean pairwise word Jaccard over every pair of samples of a row."""
         tokens = (
             open_rows.select(
                 "_row", "_sample", pl.col("text").str.to_lowercase().str.extract_all(r"\w+").alias("token")

@@ -16,6 +16,8 @@ import polars as pl
 NUMBERED_ITEM = re.compile(r"^\s*(?:\*\*)?(?:#\s*|task\s+|instruction\s+)?(\d{1,3})\s*(?:[.):]|\s-)\**\s*(.*)$", re.I)
 ITEM_LABEL = re.compile(r"^(?:\*\*)?(?:instruction|task|prompt)\s*:\s*(?:\*\*)?\s*", re.I)
 YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.I)
+EQUAL_VERDICT = re.compile(r"\b(not\s+equal|unequal|equal)\b", re.I)
+YES_NO_WORD = re.compile(r"\b(yes|no)\b", re.I)
 # "Final answer: X", "final answer is X", "The answer is X". One pattern for the Python parser
 # and the polars expression below (its syntax is valid for both `re` and Rust's regex).
 FINAL_ANSWER_PATTERN = r"(?i)\b(?:final answer\s*(?:is\b\s*:?|[:\-])|the answer is\b\s*:?)\s*(.+)"
@@ -68,6 +70,22 @@ def parse_yes_no(text: str | None) -> bool | None:
     if match is None:
         return None
     return match.group(1).lower() in ("yes", "true")
+
+
+def parse_equal_verdict(text: str | None) -> bool | None:
+    """Evol-Instruct's equality check: True for "Equal", False for "Not Equal", None for neither.
+
+    The last verdict word wins (the conclusion follows the reasoning). A reply that
+    answers the question "are they equal?" with yes/no instead is read the same way:
+    "No new constraint is added, so yes." is equal.
+    """
+    if not text:
+        return None
+    verdicts = EQUAL_VERDICT.findall(text)
+    if verdicts:
+        return verdicts[-1].lower() == "equal"
+    answers = YES_NO_WORD.findall(text)
+    return answers[-1].lower() == "yes" if answers else None
 
 
 @dataclass(frozen=True)
