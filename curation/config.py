@@ -113,7 +113,7 @@ class SemanticDedupConfig(StageModel):
 # Default `min_similarity` per measure: the threshold with the largest TPR - FPR for telling MRPC
 # paraphrases from non-paraphrases on MRPC's train split (benchmarks/consistency_mrpc.py
 # recomputes them and reports precision/recall on the test split).
-DEFAULT_MIN_SIMILARITY = {"embedding": 0.72, "jaccard": 0.37}
+DEFAULT_MIN_SIMILARITY = {"embedding_jaccard": 0.62, "embedding": 0.79, "jaccard": 0.52}
 
 
 class ConsistencyConfig(StageModel):
@@ -127,8 +127,9 @@ class ConsistencyConfig(StageModel):
     min_consistency: Fraction | None = Field(
         0.5, description="Drop label / final-answer rows whose majority share is below this; null: score only."
     )
-    similarity: Literal["embedding", "jaccard"] = Field(
-        "embedding", description="Open-ended agreement: MiniLM embedding cosine, or word Jaccard."
+    similarity: Literal["embedding_jaccard", "embedding", "jaccard"] = Field(
+        "embedding_jaccard",
+        description="Open-ended agreement: the mean of MiniLM embedding cosine and word Jaccard, or one alone.",
     )
     min_similarity: Fraction | None = Field(
         None,

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 
 from curation.config import (
+    DEFAULT_MIN_SIMILARITY,
     ConsistencyConfig,
     EntropyConfig,
     ExactDedupConfig,
@@ -288,7 +289,8 @@ def test_consistency_classification_final_answer_and_open():
     assert labelled["consistency"][0] == pytest.approx(0.5)  # 2 of 4 agree, the unparsable one counts against
     assert labelled["consistency_method"][0] == "label"
 
-    out = Consistency(ConsistencyConfig(min_consistency=0.5)).apply(frame.filter(pl.col("id") != "label"))
+    config = ConsistencyConfig(min_consistency=0.5, similarity="jaccard", min_similarity=0.5)
+    out = Consistency(config).apply(frame.filter(pl.col("id") != "label"))
     scores = dict(out.select("id", "consistency").iter_rows())
     methods = dict(out.select("id", "consistency_method").iter_rows())
     assert scores["answer"] == pytest.approx(2 / 3) and methods["answer"] == "final_answer"
@@ -387,6 +389,47 @@ def test_consistency_tie_goes_to_the_best_sample_and_dropped_rows_keep_their_res
     assert out["tie"]["consistency"] == pytest.approx(0.5) and out["tie"]["chosen_sample"] == 1
     assert out["gone"]["chosen_sample"] == 1 and out["gone"]["response"] == "Final answer: 4"
     assert out["gone"]["drop_reason"] == "refusal"
+
+
+def unit_vectors(table: dict[str, list[float]]):
+    """A stand-in encoder with known embeddings (the real MiniLM one is tested on MRPC)."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        vectors = np.array([table[text] for text in texts], dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    return encode
+
+
+def test_open_consistency_is_mean_pairwise_cosine_and_jaccard():
+    encoder = unit_vectors({"a b": [1, 0], "a b c": [1, 0], "d e": [0, 1], "x": [1, 1], "y": [1, -1]})
+    frame = records(
+        [
+            {"id": "three", "samples": [sample("a b"), sample("a b c"), sample("d e")]},
+            {"id": "pair", "samples": [sample("x"), sample("y")]},
+        ]
+    )
+
+    def scores(similarity: str, **limits) -> pl.DataFrame:
+        config = ConsistencyConfig(mode="open", similarity=similarity, **limits)
+        return Consistency(config, encoder).apply(frame)
+
+    cosine = dict(scores("embedding", min_similarity=None).select("id", "consistency").iter_rows())
+    assert cosine == {"three": pytest.approx(1 / 3), "pair": pytest.approx(0.0, abs=1e-9)}  # pairs 1, 0, 0 / orthogonal
+    jaccard = dict(scores("jaccard", min_similarity=None).select("id", "consistency").iter_rows())
+    assert jaccard == {"three": pytest.approx((2 / 3 + 0 + 0) / 3), "pair": pytest.approx(0.0)}
+    out = scores("embedding_jaccard")
+    both = dict(out.select("id", "consistency").iter_rows())
+    assert both == {"three": pytest.approx((1 / 3 + 2 / 9) / 2), "pair": pytest.approx(0.0, abs=1e-9)}
+    # the default threshold is the measure's own; min_consistency (for majority shares) does not apply
+    assert ConsistencyConfig().min_similarity == DEFAULT_MIN_SIMILARITY["embedding_jaccard"]
+    assert ConsistencyConfig(similarity="jaccard").min_similarity == DEFAULT_MIN_SIMILARITY["jaccard"]
+    limit = DEFAULT_MIN_SIMILARITY["embedding_jaccard"]
+    assert dropped(out) == {
+        "three": f"low_consistency: similarity {round((1 / 3 + 2 / 9) / 2, 2)} < {limit}",
+        "pair": f"low_consistency: similarity 0.0 < {limit}",
+    }
+    assert out["response"].to_list() == [None, None]  # open mode chooses no sample
 
 
 # --- entropy -----------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 - classification: share of samples whose parsed label is the majority label;
 - final answer (`factory.tasks.parsing`'s marker, last match: "Final answer: X",
   "The answer is X"): share of samples whose normalised answer is the majority answer;
-- open-ended: mean pairwise similarity of the samples, by default the cosine of
-  offline MiniLM sentence embeddings (`similarity: embedding`), or word Jaccard.
-  Word overlap misses rewording: on MRPC, pairs people labelled paraphrases
-  often share under half their words. `benchmarks/consistency_mrpc.py` measures
-  both on MRPC and chose each measure's default `min_similarity` on MRPC's train
-  split (the threshold maximising TPR - FPR for telling paraphrases apart).
+- open-ended: mean pairwise similarity of the samples. The default
+  (`similarity: embedding_jaccard`) is the mean of two views of a pair: the cosine
+  of offline MiniLM sentence embeddings, which sees rewording, and word Jaccard,
+  which sees the exact names and numbers that embeddings blur; `embedding` and
+  `jaccard` use one alone. On MRPC (pairs people labelled paraphrase or not) the
+  mean separated best on the train split; each measure's default `min_similarity`
+  is the threshold with the largest TPR - FPR there. `benchmarks/consistency_mrpc.py`
+  recomputes both and reports AUC, precision and recall on the test split.
 
 Unparsable samples count against agreement. For the two answer methods the row's
 `response` becomes a sample holding the majority answer (one that finished on its
@@ -95,11 +97,7 @@ class Consistency(Stage):
             .alias("answer")
         )
         open_samples = samples.filter(pl.col("method") == "similarity")
-        similarity = (
-            self._embedding_similarity(open_samples)
-            if self.config.similarity == "embedding"
-            else self._jaccard_similarity(open_samples)
-        )
+        similarity = self._open_similarity(open_samples)
         scores = pl.concat([self._majority_share(answers), similarity], how="vertical")
         rows = pl.DataFrame({"_row": pl.int_range(frame.height, dtype=pl.Int64, eager=True)})
         scored = (
@@ -126,7 +124,10 @@ class Consistency(Stage):
             frame,
             pl.col("consistency") < limit,
             pl.format(
-                "low_consistency: {} {} < {}", pl.col("consistency_method"), pl.col("consistency").round(2), limit
+                "low_consistency: {} {} < {}",
+                pl.col("consistency_method"),
+                pl.col("consistency").round(2),
+                limit,
             ),
         )
 
@@ -201,6 +202,18 @@ class Consistency(Stage):
             .select("_row", pl.col("_sample").alias("_chosen"), pl.col("text").alias("_chosen_text"))
         )
 
+    def _open_similarity(self, open_rows: pl.DataFrame) -> pl.DataFrame:
+        """`_row`, `consistency` for open-ended rows under the configured measure."""
+        measure = self.config.similarity
+        if measure == "jaccard":
+            return self._jaccard_similarity(open_rows)
+        if measure == "embedding":
+            return self._embedding_similarity(open_rows)
+        both = self._embedding_similarity(open_rows).join(
+            self._jaccard_similarity(open_rows), on="_row", suffix="_jaccard"
+        )
+        return both.select("_row", ((pl.col("consistency") + pl.col("consistency_jaccard")) / 2).alias("consistency"))
+
     def _embedding_similarity(self, open_rows: pl.DataFrame) -> pl.DataFrame:
         """Mean pairwise cosine of the samples' unit embeddings: for a row's n unit vectors with sum s,
         the n(n-1) ordered pairs' dot products add up to |s|^2 - n."""
@@ -208,12 +221,14 @@ class Consistency(Stage):
             return pl.DataFrame(schema={"_row": pl.Int64, "consistency": pl.Float64})
         open_rows = open_rows.sort("_row", "_sample")
         vectors = self.encoder(open_rows["text"].to_list()).astype(np.float64)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # the identity needs unit length
         rows = open_rows["_row"].to_numpy()
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
         sums = np.add.reduceat(vectors, starts, axis=0)
         n = np.diff(np.r_[starts, len(rows)]).astype(np.float64)
         mean_cosine = ((sums**2).sum(axis=1) - n) / (n * (n - 1))
-        return pl.DataFrame({"_row": rows[starts], "consistency": mean_cosine.clip(-1.0, 1.0)})
+        # samples pointing apart agree no more than unrelated ones: as for the other scores, 0 is no agreement
+        return pl.DataFrame({"_row": rows[starts], "consistency": mean_cosine.clip(0.0, 1.0)})
 
     @staticmethod
     def _jaccard_similarity(open_rows: pl.DataFrame) -> pl.DataFrame:
