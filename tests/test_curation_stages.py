@@ -332,6 +332,7 @@ def test_consistency_keeps_a_sample_holding_the_majority_answer():
                 "id": "sum",
                 "response": "Final answer: 15",
                 "chosen_sample": 1,
+                "final_answer": "15",  # respond's chain-of-thought column follows the kept text
                 "samples": [logprob_sample(text, lp) for text, lp in texts],
             }
         ]
@@ -339,7 +340,7 @@ def test_consistency_keeps_a_sample_holding_the_majority_answer():
     out = Consistency(ConsistencyConfig(min_consistency=0.5)).apply(frame).row(0, named=True)
     assert out["consistency"] == pytest.approx(0.6) and out["consistency_method"] == "final_answer"
     assert out["chosen_sample"] == 2 and out["response"] == "Adding gives 12.\nFinal answer: 12"
-    assert out["drop_stage"] is None
+    assert out["final_answer"] == "12" and out["drop_stage"] is None
     # the index is what later stages read
     assert chosen_samples(Consistency().apply(frame), ["text"])["text"][0] == out["response"]
 
