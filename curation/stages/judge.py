@@ -16,10 +16,7 @@ unless `allow_unparsable: true`, in which case it says so in one loud line.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import re
-from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +25,7 @@ from rich.console import Console
 
 from curation.config import JudgeConfig
 from curation.stages.base import Stage, active, progress
+from factory.aio import EventLoop, default_loop
 from factory.errors import StillhouseError
 from factory.teachers.base import Generation, Teacher, TeacherRequest
 
@@ -83,16 +81,6 @@ def _in_range(score: float, rationale: str | None, low: float, high: float, repl
     return score, rationale, None
 
 
-def run_sync(coroutine: Coroutine) -> Any:
-    """Run a coroutine from sync code, also when the caller is already inside an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 class _PromptOnlyLLM:
     """distilabel tasks need an `llm` to exist; ours only renders prompts and parses replies."""
 
@@ -112,11 +100,14 @@ class _PromptOnlyLLM:
 
 
 class Judge(Stage):
-    def __init__(self, config: JudgeConfig | None, teacher: Teacher) -> None:
+    def __init__(self, config: JudgeConfig | None, teacher: Teacher, loop: EventLoop | None = None) -> None:
         super().__init__()
         self.config = config or JudgeConfig()
         self.name = self.config.name or "judge"
         self.teacher = teacher
+        # The loop the teacher's connections live on: the run's, else the process-wide one.
+        # Close the teacher on the same loop (`loop.run(teacher.close())`).
+        self.loop = loop or default_loop()
         self._ultrafeedback = None
         self.scale = self.config.scale
 
@@ -172,7 +163,7 @@ class Judge(Stage):
         requests = [
             self.request(i, n or "", r) for i, n, r in zip(todo["instruction"], todo["input"], todo["response"])
         ]
-        parsed = run_sync(self._judge(requests))
+        parsed = self.loop.run(self._judge(requests))
         results = pl.DataFrame(
             {
                 "_row": todo["_row"],
