@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.funnel import Funnel, funnel_from_frame, funnel_table_rows
-from factory.errors import StillhouseError
+from factory.errors import StillhouseError, name_os_error
 from factory.schema import SCHEMA_VERSION, conform
 from factory.secrets import redact_secrets
 
@@ -281,8 +281,9 @@ class DatasetStore:
                     path.chmod(0o444)
                 os.rename(staging, directory / f"v{version}")
                 _fsync(directory)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            name_os_error(exc, directory)
             raise
         return self.resolve(f"{name}@v{version}")
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from curation.funnel import funnel_table_rows
@@ -22,6 +23,7 @@ from stillhouse import __version__
 from stillhouse.cli_review import review_app
 from stillhouse.cli_run import run_command, runs_app
 from stillhouse.cli_train import eval_command, train_command
+from stillhouse.errors import os_fault_message
 
 console = Console()
 err_console = Console(stderr=True)
@@ -202,18 +204,44 @@ def config_validate(path: Annotated[Path, typer.Argument(help="A run config YAML
     console.print(f"{path}: OK (run '{config.name}')")
 
 
+INTERRUPTED = "interrupted; run the same command to resume"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether an exit came from Ctrl-C (typer turns KeyboardInterrupt into a silent exit 130)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(1) from None
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: bad input and machine faults become one line and exit 1."""
     # Hugging Face's per-load tqdm bars ("Loading weights") interleave with ours; ours
     # carry the totals that matter. Set before transformers is imported.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app()
     except StillhouseError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
+        _fail(escape(str(exc)))
+    except OSError as exc:
+        message = os_fault_message(exc)
+        if message is None:
+            raise
+        _fail(escape(message))
+    except SystemExit as exc:
+        if exc.code == 130 and _interrupted(exc):
+            err_console.print(f"[bold red]{INTERRUPTED}[/]", highlight=False)
+        raise
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
+        err_console.print(f"[bold red]{INTERRUPTED}[/]", highlight=False)
         raise SystemExit(130) from None
 
 

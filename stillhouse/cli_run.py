@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stillhouse.runlock import run_lock
 from stillhouse.runs import RunState, list_runs
 
 console = Console()
@@ -37,7 +38,8 @@ def run_command(
         return
     from stillhouse.run import Runner, evaluation_table, summary_table
 
-    result = Runner(run_config, config, console).execute()
+    with run_lock(run_config.run_dir / run_config.name):
+        result = Runner(run_config, config, console).execute()
     if result.evaluation:
         console.print(evaluation_table(result.evaluation))
     console.print(summary_table(result))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from factory.errors import StillhouseError
+from factory.errors import StillhouseError, name_os_error
 from factory.schema import canonical_json
 
 STATE_FILE = "state.json"
@@ -37,19 +39,32 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(canonical_json(parts).encode("utf-8")).hexdigest()[:16]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+@contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path`; on failure it is removed (a full disk gets its
+    space back) and the error names `path` (buffered writes raise without a name)."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        yield temporary
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        name_os_error(exc, path)
+        raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    with _temporary_beside(path) as temporary:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
 
 
 def write_frame_atomic(frame: pl.DataFrame, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.write_parquet(temporary)
-    os.replace(temporary, path)
+    with _temporary_beside(path) as temporary:
+        frame.write_parquet(temporary)
+        os.replace(temporary, path)
 
 
 @dataclass

@@ -73,11 +73,17 @@ def format_validation_error(path: Path | str, error: ValidationError, lines: dic
     messages = []
     for item in error.errors():
         location = tuple(item["loc"])
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # The fault is the tag's value (`backend: openaii`), not the section holding it.
+            location = (*location, item["ctx"]["discriminator"].strip("'"))
         line = line_of(location, lines)
         key = ".".join(str(part) for part in location) or "(top level)"
         where = f"{path}:{line}" if line else str(path)
         if item["type"] == "extra_forbidden":
             messages.append(f"{where}: unknown key '{location[-1]}' (at {key})")
+        elif item["type"] == "union_tag_invalid":
+            ctx = item["ctx"]
+            messages.append(f"{where}: {key}: unknown value '{ctx['tag']}' (expected one of {ctx['expected_tags']})")
         else:
             messages.append(f"{where}: {key}: {item['msg']}")
     return "; ".join(messages)

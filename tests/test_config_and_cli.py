@@ -139,3 +139,80 @@ def test_cli_errors_are_one_line(run_cli, tmp_path, args, message):
 def test_cli_missing_root(run_cli, tmp_path):
     code, _, err = run_cli("datasets", "list", "--root", tmp_path / "nowhere")
     assert code == 1 and "does not exist" in err
+
+
+# -- secrets and the manifest's config ---------------------------------------------
+def _field_names(schema: dict) -> set[str]:
+    """Every property name anywhere in a JSON schema (nested models included)."""
+    names: set[str] = set()
+    for definition in [schema, *schema.get("$defs", {}).values()]:
+        names.update(definition.get("properties", {}))
+    return names
+
+
+def test_every_run_config_field_survives_redaction():
+    from factory.secrets import redact_secrets
+
+    names = _field_names(RunConfig.model_json_schema())
+    assert {"max_tokens", "min_tokens", "return_token_ids", "tokenizer", "api_key_env"} <= names
+    redacted = redact_secrets({name: "value" for name in names})
+    assert [name for name, value in redacted.items() if value != "value"] == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "api_key",
+        "OPENAI_API_KEY",
+        "x-api-key",
+        "apiKey",
+        "private_key",
+        "client_secret",
+        "secret",
+        "password",
+        "db_passwd",
+        "Authorization",
+        "proxy-authorization",
+        "token",
+        "access_token",
+        "hf_token",
+        "Cookie",
+    ],
+)
+def test_secrets_are_redacted(key):
+    from factory.secrets import REDACTED, redact_secrets
+
+    assert redact_secrets({"outer": [{key: "sk-live-123"}]}) == {"outer": [{key: REDACTED}]}
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["max_tokens", "min_tokens", "return_token_ids", "tokenizer", "pad_token", "eos_token", "api_key_env", "keep_order"],
+)
+def test_settings_that_mention_tokens_or_keys_survive(key):
+    from factory.secrets import redact_secrets
+
+    assert redact_secrets({key: 7}) == {key: 7}
+
+
+def test_manifest_config_keeps_settings_and_has_no_absolute_paths(tmp_path):
+    from stillhouse.config import manifest_config
+
+    text = GOOD + (
+        "teacher:\n  backend: openai\n  model: m\n  tokenizer: tok\n  return_token_ids: true\n"
+        "tasks:\n  - type: respond\n    max_tokens: 77\n"
+        "curation:\n  - stage: heuristics\n    min_tokens: 2\n    max_tokens: 900\n"
+    )
+    config_path = write(tmp_path, text)
+    config = load_run_config(config_path)
+    assert config.seeds.path.is_absolute()  # resolved on load ...
+    recorded = manifest_config(config, config_path)
+    assert recorded["seeds"]["path"] == "seeds.jsonl"  # ... recorded relative to the config
+    assert str(tmp_path) not in json.dumps(recorded)
+    assert recorded["teacher"]["tokenizer"] == "tok" and recorded["teacher"]["return_token_ids"] is True
+    assert recorded["tasks"][0]["max_tokens"] == 77
+    assert recorded["curation"][0]["min_tokens"] == 2 and recorded["curation"][0]["max_tokens"] == 900
+    # Everything else is the config's own JSON, unchanged.
+    expected = config.model_dump(mode="json")
+    expected["seeds"]["path"] = "seeds.jsonl"
+    assert recorded == expected
