@@ -187,7 +187,16 @@ def test_secrets_are_redacted(key):
 
 @pytest.mark.parametrize(
     "key",
-    ["max_tokens", "min_tokens", "return_token_ids", "tokenizer", "pad_token", "eos_token", "api_key_env", "keep_order"],
+    [
+        "max_tokens",
+        "min_tokens",
+        "return_token_ids",
+        "tokenizer",
+        "pad_token",
+        "eos_token",
+        "api_key_env",
+        "keep_order",
+    ],
 )
 def test_settings_that_mention_tokens_or_keys_survive(key):
     from factory.secrets import redact_secrets
