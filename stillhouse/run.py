@@ -27,7 +27,7 @@ from factory.aio import EventLoop
 from factory.atomic import write_frame_atomic, write_text_atomic
 from factory.errors import StillhouseError
 from factory.schema import conform
-from stillhouse.config import RunConfig, load_run_config
+from stillhouse.config import RunConfig, load_run_config, manifest_config
 from stillhouse.runs import RunState, fingerprint
 from stillhouse.seeds import load_seeds
 
@@ -278,7 +278,7 @@ class Runner:
                 parent=parent,
                 config={
                     "run": {"name": self.config.name, "fingerprint": step_fp},
-                    **self.config.model_dump(mode="json"),
+                    **manifest_config(self.config, self.config_path),
                 },
                 funnel=funnel,
                 label_set=self._label_set(),
