@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -19,7 +20,7 @@ from rich.table import Table
 from curation.funnel import funnel_table_rows
 from curation.store import DatasetStore
 from factory.errors import StillhouseError
-from stillhouse import __version__
+from stillhouse import __version__, logs
 from stillhouse.cli_review import review_app
 from stillhouse.cli_run import run_command, runs_app
 from stillhouse.cli_train import eval_command, train_command
@@ -62,8 +63,24 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="Log steps, requests and retries to stderr (-vv: debug).")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and each command's result.")] = False,
 ) -> None:
     """Grow, curate, version and distill task-specific datasets from a teacher model."""
+    logs.configure(verbose, quiet)
+
+
+VERBOSITY_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
+
+
+def _verbosity_first(args: list[str]) -> list[str]:
+    """-v/-q are accepted anywhere (`stillhouse run x.yaml -v`): move them before the command."""
+    if "--" in args:
+        return args
+    flags = [arg for arg in args if arg in VERBOSITY_FLAGS]
+    return flags + [arg for arg in args if arg not in VERBOSITY_FLAGS]
 
 
 # -- datasets -----------------------------------------------------------------
@@ -165,6 +182,58 @@ def datasets_diff(
         console.print("funnel: no change")
 
 
+ROW_COLUMNS = ("id", "origin", "instruction", "input", "response", "label")
+
+
+@datasets_app.command("rows")
+def datasets_rows(
+    ref: Annotated[str, typer.Argument(help="name, name@latest or name@vN")],
+    root: RootOption = None,
+    rejected: Annotated[bool, typer.Option("--rejected", help="Browse the rejected rows instead of the kept.")] = False,
+    where: Annotated[
+        Optional[str],
+        typer.Option(
+            "--where",
+            help="SQL filter, e.g. \"drop_reason = 'empty'\" or \"mean_entropy > 1.5 AND origin LIKE 'evol%'\".",
+        ),
+    ] = None,
+    columns: Annotated[
+        Optional[str],
+        typer.Option(
+            "--columns",
+            help="Comma-separated columns [default: id, origin, instruction, input, response, label; "
+            "with --rejected also drop_stage, drop_reason].",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Rows to show; 0: all.")] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the rows as JSON (full values, one object each).")
+    ] = False,
+) -> None:
+    """Print rows of a version as a table: kept or rejected, filtered and projected."""
+    from stillhouse.rows import select_rows
+
+    version = DatasetStore(root).resolve(ref)
+    path = version.rejected_path if rejected else version.data_path
+    wanted = [name.strip() for name in columns.split(",") if name.strip()] if columns else None
+    defaults = (*ROW_COLUMNS, "drop_stage", "drop_reason") if rejected else ROW_COLUMNS
+    frame, total = select_rows(path, where=where, columns=wanted, default_columns=defaults, limit=limit)
+    if as_json:
+        print(json.dumps(frame.to_dicts(), indent=2, ensure_ascii=False, default=str))
+        return
+    table = Table(*frame.columns, title=f"{version.ref} {'rejected' if rejected else 'kept'} rows", show_lines=True)
+    for row in frame.iter_rows():
+        table.add_row(*(_cell(value) for value in row))
+    console.print(table)
+    console.print(f"{frame.height} of {total} matching rows shown", highlight=False)
+
+
+def _cell(value: object, width: int = 160) -> str:
+    """One table cell: nested values as compact JSON, long text cut (use --json for all of it)."""
+    text = "" if value is None else value if isinstance(value, str) else json.dumps(value, default=str)
+    return escape(text if len(text) <= width else text[: width - 1] + "…")
+
+
 @datasets_app.command("report")
 def datasets_report(
     ref: Annotated[str, typer.Argument(help="name, name@latest or name@vN")],
@@ -228,7 +297,7 @@ def main() -> None:
     # carry the totals that matter. Set before transformers is imported.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        app()
+        app(args=_verbosity_first(sys.argv[1:]))
     except StillhouseError as exc:
         _fail(escape(str(exc)))
     except OSError as exc:

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stillhouse import logs
 from stillhouse.runlock import run_lock
 from stillhouse.runs import RunState, list_runs
 
@@ -38,8 +39,9 @@ def run_command(
         return
     from stillhouse.run import Runner, evaluation_table, summary_table
 
-    with run_lock(run_config.run_dir / run_config.name):
-        result = Runner(run_config, config, console).execute()
+    directory = run_config.run_dir / run_config.name
+    with run_lock(directory), logs.run_log(directory):
+        result = Runner(run_config, config, Console(quiet=logs.quiet)).execute()
     if result.evaluation:
         console.print(evaluation_table(result.evaluation))
     console.print(summary_table(result))

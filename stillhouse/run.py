@@ -9,6 +9,7 @@ request already answered. Killed at any point, the same command resumes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -32,6 +33,7 @@ from stillhouse.runs import RunState, fingerprint
 from stillhouse.seeds import load_seeds
 
 OUTPUT = "output.parquet"
+log = logging.getLogger(__name__)
 EVALUATION = "evaluation.json"
 T = TypeVar("T")
 
@@ -86,6 +88,7 @@ class Runner:
     # -- helpers ----------------------------------------------------------------
     def _log(self, message: str) -> None:
         self.console.print(message, highlight=False)
+        log.info(message)
 
     @property
     def teacher(self):

@@ -2,6 +2,7 @@ import json
 
 import polars as pl
 import pytest
+import yaml
 
 from curation.store import DatasetStore
 from factory.errors import ConfigError
@@ -225,3 +226,36 @@ def test_manifest_config_keeps_settings_and_has_no_absolute_paths(tmp_path):
     expected = config.model_dump(mode="json")
     expected["seeds"]["path"] = "seeds.jsonl"
     assert recorded == expected
+
+
+# -- logging: -v/-q and runs/<name>/run.log ------------------------------------------
+def test_run_log_records_steps_requests_and_errors_and_v_q_work_anywhere(tmp_path, run_cli, monkeypatch):
+    from fixtures.fake_openai_server import FakeOpenAIServer
+    from test_run import SEEDS, write_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", "sk-test")
+    log = tmp_path / "runs" / "resume" / "run.log"
+    with FakeOpenAIServer(fault_rate=1.0, faults=("500",)) as dead:
+        code, _, err = run_cli("run", write_config(tmp_path, dead.url))
+    assert code == 1
+    assert "ERROR   stillhouse.runs: task-0-respond: failed: " in log.read_text()
+
+    with FakeOpenAIServer(script=("500",)) as server:  # the first request fails once, then is retried
+        config = write_config(tmp_path, server.url, curation=[{"stage": "exact_dedup"}])
+        settings = yaml.safe_load(config.read_text())
+        settings["teacher"]["max_retries"] = 2
+        config.write_text(yaml.safe_dump(settings))
+        code, out, err = run_cli("-q", "run", config)
+        assert code == 0, err
+        assert "publish:" not in out and "run resume: finished" in out  # only the result
+        text = log.read_text()
+        assert "INFO    stillhouse.runs: task-0-respond: started" in text
+        assert f'task-0-respond: done {{"rows": {len(SEEDS)}, "teacher": {{"requests_sent": {len(SEEDS) + 1}' in text
+        assert '"retries": 1' in text and "stillhouse.run: publish: resume@v1" in text
+        assert "sk-test" not in text
+
+        code, out, err = run_cli("run", config, "-v")  # -v after the command works too
+        assert code == 0, err
+        assert "INFO stillhouse.run: task-0-respond: done earlier" in err
+        assert "task-0-respond: done earlier" in out
