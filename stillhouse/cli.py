@@ -242,15 +242,18 @@ def datasets_report(
         Optional[Path], typer.Option("--out", help="HTML file [default: <root>/<name>/reports/v<N>.html].")
     ] = None,
     evaluation: Annotated[
-        Optional[Path], typer.Option("--evaluation", help="A student evaluation.json to include.")
+        Optional[Path],
+        typer.Option(
+            "--evaluation", help="A student evaluation.json to include [default: the one last reported for REF]."
+        ),
     ] = None,
 ) -> None:
     """Write the HTML report of a version: funnel, distributions, duplicates, drops, review, evaluation."""
     from curation.review import review_report
-    from stillhouse.report import report_path, write_report
+    from stillhouse.report import report_path, saved_evaluation, write_report
 
     version = DatasetStore(root).resolve(ref)
-    results = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation else None
+    results = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation else saved_evaluation(version)
     path = write_report(version, out or report_path(version), evaluation=results, review=review_report(version))
     console.print(f"{version.ref}: report written to {path}")
 
