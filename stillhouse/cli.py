@@ -35,6 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]": rich markup would swallow it as a tag
 )
 datasets_app = typer.Typer(help="Inspect published dataset versions.", no_args_is_help=True)
 config_app = typer.Typer(help="Validate run configs and print their JSON schema.", no_args_is_help=True)

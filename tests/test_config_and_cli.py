@@ -259,3 +259,48 @@ def test_run_log_records_steps_requests_and_errors_and_v_q_work_anywhere(tmp_pat
         assert code == 0, err
         assert "INFO stillhouse.run: task-0-respond: done earlier" in err
         assert "task-0-respond: done earlier" in out
+
+
+# -- shipped configs work verbatim ---------------------------------------------------
+def test_shipped_train_configs_validate():
+    from pathlib import Path
+
+    from stillhouse.yaml_config import load_config
+    from trainer.config import TrainConfig
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("train_*.yaml"))
+    assert [path.name for path in configs] == ["train_tickets.yaml", "train_token_kd.yaml"]
+    for path in configs:
+        load_config(path, TrainConfig)
+
+
+def test_readme_train_command_trains_on_the_quickstart_dataset(tmp_path, run_cli):
+    from pathlib import Path
+
+    labels = ["card_lost", "refund_request"]
+    texts = [f"my card number {i} is lost" for i in range(12)] + [f"refund order {i} please" for i in range(12)]
+    frame = pl.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(24)],
+            "instruction": ["Classify the intent of this customer support ticket."] * 24,
+            "input": texts,
+            "origin": ["seed"] * 24,
+            "label": [labels[i // 12] for i in range(24)],
+            "label_probs": [[0.9, 0.1] if i < 12 else [0.2, 0.8] for i in range(24)],
+        },
+        schema_overrides={"label_probs": pl.List(pl.Float32)},
+    )
+    DatasetStore(tmp_path / "datasets").publish("tickets", frame, label_set=labels)
+    config = Path(__file__).resolve().parents[1] / "configs" / "train_tickets.yaml"
+    code, out, err = run_cli("train", config, "--root", tmp_path / "datasets", "--output-dir", tmp_path / "student")
+    assert code == 0, err
+    assert "trained on tickets@v1" in out
+    assert (tmp_path / "student").is_dir()
+
+
+def test_help_texts_show_their_defaults(run_cli):
+    code, out, _ = run_cli("datasets", "rows", "--help")
+    assert code == 0
+    assert "Dataset store root [default: $STILLHOUSE_DATASETS or ./datasets_out]." in " ".join(out.split())
+    code, out, _ = run_cli("review", "push", "--help")
+    assert "[default: $ARGILLA_API_URL or" in out and " ." not in out
