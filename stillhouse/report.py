@@ -110,7 +110,13 @@ def _load_rows(version: DatasetVersion) -> pl.DataFrame:
     """Kept and rejected rows with only the columns a report uses, plus `kept` and `text`."""
     columns = [name for name in version.manifest.get("columns", {}) if name not in SKIPPED_COLUMNS] or None
     frame = version.read_all(columns=columns)
-    text = pl.when(pl.col("input").fill_null("") != "").then(pl.col("input")).otherwise(pl.col("instruction"))
+    has_input = pl.col("input").fill_null("") != ""
+    if frame["instruction"].n_unique() == 1 and frame.select(has_input.any()).item():
+        # One constant instruction over input texts (a classification pool): the text is the
+        # input, even when empty; showing the instruction would hide an empty ticket.
+        text = pl.col("input")
+    else:
+        text = pl.when(has_input).then(pl.concat_str("instruction", pl.lit("\n\n"), "input")).otherwise("instruction")
     return frame.with_columns(kept=pl.col("drop_stage").is_null(), text=text.fill_null(""))
 
 
@@ -405,7 +411,7 @@ def _duplicates_section(frame: pl.DataFrame) -> Section:
         ]
         more = f" (showing {DUP_MEMBERS_SHOWN})" if size > DUP_MEMBERS_SHOWN else ""
         body += f"<h3>cluster {_esc(cluster)}: {size} rows{more}</h3>"
-        body += _table(["status", "text"], rows, raw=True)
+        body += _table(["status", "text"], rows, raw=True, css_class="statuses")
     return Section("duplicates", title, body)
 
 
@@ -420,7 +426,7 @@ def _drop_examples_section(frame: pl.DataFrame) -> Section:
         .head(EXAMPLES_PER_REASON)
     )
     # Show the response too: a row dropped as `empty` must show its empty answer, not only its prompt.
-    with_response = "response" in dropped.columns
+    with_response = _has_values(frame, "response")
     header = ["stage", "reason", "prompt", "response"] if with_response else ["stage", "reason", "text"]
     rows = [
         (
@@ -627,8 +633,10 @@ th, td { border-bottom: 1px solid #e6e9ed; padding: 5px 10px; text-align: left; 
 th { background: #f0f2f5; } table.wide { width: 100%; } table.wide td:first-child { width: 1%; white-space: nowrap; }
 table.facts th { background: none; font-weight: 600; white-space: nowrap; }
 td { max-width: 720px; overflow-wrap: anywhere; }
-table.drops { table-layout: fixed; } table.drops td:first-child { width: auto; white-space: normal; }
+table.drops, table.statuses { table-layout: fixed; }
+table.drops td:first-child, table.statuses td:first-child { width: auto; white-space: normal; }
 table.drops th:nth-child(1) { width: 12%; } table.drops th:nth-child(2) { width: 24%; }
+table.statuses th:nth-child(1) { width: 38%; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(430px, 1fr)); gap: 12px; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #5c6670; }
 img { max-width: 100%; height: auto; }

@@ -225,7 +225,20 @@ def test_empty_drops_show_the_empty_response_and_long_reasons_have_their_column(
     assert '<table class="wide drops">' in drops
     assert "<th>prompt</th><th>response</th>" in drops
     assert '<td>empty</td><td>Name a colour.</td><td><span class="muted">(empty)</span></td>' in drops
-    assert "table.drops { table-layout: fixed; }" in page
+    assert "table.drops, table.statuses { table-layout: fixed; }" in page
+
+
+def test_an_empty_input_of_a_classification_pool_shows_as_empty(store, tmp_path):
+    frame = full_frame(12).with_columns(
+        input=pl.when(pl.col("id") == "id7").then(pl.lit("")).otherwise(pl.col("input")),
+        drop_reason=pl.when(pl.col("id") == "id7").then(pl.lit("empty")).otherwise(pl.col("drop_reason")),
+    )
+    version = store.publish("tickets", frame, label_set=LABELS)
+    page = write_report(version, tmp_path / "r.html").read_text(encoding="utf-8")
+    drops = page.split('<section id="drops">')[1].split("</section>")[0]
+    assert '<td>heuristics</td><td>empty</td><td><span class="muted">(empty)</span></td>' in drops
+    assert "Classify the intent" not in drops  # the constant instruction is not the row's text
+    assert "<th>response</th>" not in drops  # a classification version has no responses to show
 
 
 def test_datasets_report_keeps_the_evaluation_the_run_reported(store, tmp_path, run_cli):
