@@ -15,6 +15,7 @@ from factory.plugins import check_options, load_plugin, plugin_discriminator
 
 if TYPE_CHECKING:
     from curation.stages.base import Stage
+    from curation.store import DatasetStore
     from factory.aio import EventLoop
     from factory.teachers.base import Teacher
 
@@ -73,6 +74,10 @@ class HeuristicsConfig(StageModel):
 class ExactDedupConfig(StageModel):
     stage: Literal["exact_dedup"] = "exact_dedup"
     columns: list[str] = Field(default_factory=lambda: ["instruction", "input", "response"], min_length=1)
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
+    )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
 
 
@@ -87,8 +92,12 @@ class MinHashDedupConfig(StageModel):
     )
     threshold: Similarity = Field(0.8, description="Jaccard similarity at or above which rows are duplicates.")
     seed: int = 1
-    batch_docs: Annotated[int, Field(ge=1)] = Field(
-        128, description="Documents per signature batch (memory: docs x shingles x num_perm x 8 bytes)."
+    block_docs: Annotated[int, Field(ge=1)] = Field(
+        20_000, description="Documents sketched per block (memory: a block's gram hashes, ~100 x 8 bytes per doc)."
+    )
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
     )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
 
@@ -110,6 +119,10 @@ class SemanticDedupConfig(StageModel):
     )
     probes: Annotated[int, Field(ge=1)] = Field(2, description="Nearest clusters each row is compared in.")
     seed: int = 0
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
+    )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
 
 
@@ -210,8 +223,14 @@ StageConfig = Annotated[
 ]
 
 
-def build_stage(config: StageConfig, teacher: Teacher | None = None, loop: EventLoop | None = None) -> Stage:
-    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`)."""
+def build_stage(
+    config: StageConfig,
+    teacher: Teacher | None = None,
+    loop: EventLoop | None = None,
+    store: DatasetStore | None = None,
+) -> Stage:
+    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`);
+    dedup stages with `against:` resolve its refs in `store` (default: the default store)."""
     from curation.stages import STAGES
     from factory.errors import ConfigError
 
@@ -221,4 +240,7 @@ def build_stage(config: StageConfig, teacher: Teacher | None = None, loop: Event
         if teacher is None:
             raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
         return STAGES["judge"](config, teacher, loop)
-    return STAGES[config.stage](config)
+    stage = STAGES[config.stage](config)
+    if getattr(config, "against", None):
+        stage.reference_store = store
+    return stage

@@ -24,8 +24,8 @@ from curation.config import (
 )
 from curation.pipeline import run_stages
 from curation.stages import Consistency, Entropy, ExactDedup, Heuristics, MinHashDedup, StageInputError
-from curation.stages.minhash_dedup import band_candidates, lsh_shape, signatures
-from curation.text import shingle
+from curation.stages.minhash_dedup import band_candidates, lsh_shape, signature_rows
+from curation.text import _fmix32, gram_hashes, shingle
 from factory.errors import ConfigError, StillhouseError
 from factory.schema import conform, record_id
 
@@ -229,7 +229,7 @@ def test_minhash_candidates_are_verified_by_true_jaccard():
     a = {" ".join(base[i : i + 3]) for i in range(98)}
     b = {" ".join(other[i : i + 3]) for i in range(98)}
     assert true_jaccard == pytest.approx(len(a & b) / len(a | b))
-    sigs = signatures(sets, 128, seed=1, show=False)
+    sigs = signature_rows(*gram_hashes(texts, "word", 3), 128, seed=1)
     left, right = band_candidates(sigs, np.array([0, 1]), bands=64, rows=2)
     assert (left.tolist(), right.tolist()) == ([0], [1])  # LSH says "maybe" ...
     frame = records([{"id": "a", "response": texts[0]}, {"id": "b", "response": texts[1]}])
@@ -242,8 +242,9 @@ def test_signature_collision_rate_estimates_jaccard():
     rng = np.random.default_rng(9)
     base = words_doc(rng, 200)
     other = base[:150] + words_doc(rng, 50)
-    sets = shingle(pl.Series([" ".join(base), " ".join(other)]), "word", 3)
-    sigs = signatures(sets, 256, seed=2, show=False)
+    texts = pl.Series([" ".join(base), " ".join(other)])
+    sets = shingle(texts, "word", 3)
+    sigs = signature_rows(*gram_hashes(texts, "word", 3), 256, seed=2)
     estimate = float((sigs[0] == sigs[1]).mean())
     assert estimate == pytest.approx(sets.jaccard(np.array([0]), np.array([1]))[0], abs=0.08)
 
@@ -256,6 +257,16 @@ def test_char_shingles_and_short_documents():
     texts = pl.Series(["a b c d e", "", "x y", "a b c d e f"] * 5)
     whole, blocked = shingle(texts, "word", 3), shingle(texts, "word", 3, block=3)
     assert whole.hashes.tolist() == blocked.hashes.tolist() and whole.offsets.tolist() == blocked.offsets.tolist()
+
+
+@pytest.mark.parametrize("kind, n", [("word", 3), ("word", 1), ("char", 5)])
+def test_gram_hashes_are_the_shingle_sets_with_repeats(kind, n):
+    """What the signatures see (unsorted grams, repeats kept) is exactly each document's shingle set."""
+    texts = pl.Series(["a b a b a b c", "Hello, World!", "x", "", None, "p q", "one two three four"])
+    grams, offsets = gram_hashes(texts, kind, n)
+    sets = shingle(texts, kind, n)
+    for doc in range(len(texts)):
+        assert np.unique(_fmix32(grams[offsets[doc] : offsets[doc + 1]])).tolist() == sets.of(doc).tolist()
 
 
 # --- self-consistency --------------------------------------------------------------------------
