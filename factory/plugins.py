@@ -43,7 +43,11 @@ def load_plugin(reference: str, kind: str, base: type, builtins: tuple[str, ...]
                 f"unknown {kind} '{reference}' (built-ins: {', '.join(builtins) or 'none'}; "
                 f"or an import path module:Class, or an entry point in the '{group}' group)"
             )
-        target = next(iter(entry_points)).load()
+        entry_point = next(iter(entry_points))
+        try:
+            target = entry_point.load()
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"entry point '{reference}' = {entry_point.value} cannot be loaded ({exc})") from None
     if not (inspect.isclass(target) and issubclass(target, base)):
         raise ValueError(f"{kind} '{reference}' is not a subclass of {base.__module__}.{base.__qualname__}")
     return target
