@@ -22,11 +22,12 @@ FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 _stderr_handler: logging.Handler | None = None
 quiet = False  # -q: the step chatter is off; consoles that print it check this
+_set_tqdm_disable = False
 
 
 def configure(verbose: int = 0, quiet_flag: bool = False) -> None:
     """Apply -v (repeatable) / -q for this process; calling it again replaces the last setting."""
-    global _stderr_handler, quiet
+    global _stderr_handler, _set_tqdm_disable, quiet
     quiet = quiet_flag and not verbose
     for name in LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG)  # handlers decide what they show
@@ -42,6 +43,9 @@ def configure(verbose: int = 0, quiet_flag: bool = False) -> None:
             logging.getLogger(name).addHandler(_stderr_handler)
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
+    elif os.environ.get("TQDM_DISABLE") == "1" and _set_tqdm_disable:
+        del os.environ["TQDM_DISABLE"]  # an earlier -q in this process set it, not the user
+    _set_tqdm_disable = quiet
 
 
 @contextmanager
