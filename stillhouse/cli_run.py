@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stillhouse import logs
-from stillhouse.runlock import run_lock
+from stillhouse.runlock import live_status, run_lock
 from stillhouse.runs import RunState, list_runs
 
 console = Console()
@@ -61,9 +61,8 @@ def runs_list(runs: RunsRoot = Path("runs")) -> None:
     for state in states:
         done = sum(1 for s in state.steps.values() if s.get("status") == "done")
         version = state.steps.get("publish", {}).get("ref", "-")
-        table.add_row(
-            state.name, state.status, f"{done}/{len(state.steps)}", str(state.attempts), version, state.updated_at
-        )
+        status = live_status(state.directory, state.status)
+        table.add_row(state.name, status, f"{done}/{len(state.steps)}", str(state.attempts), version, state.updated_at)
     console.print(table)
 
 
@@ -71,7 +70,8 @@ def runs_list(runs: RunsRoot = Path("runs")) -> None:
 def runs_show(run: Annotated[str, typer.Argument(help="Run name.")], runs: RunsRoot = Path("runs")) -> None:
     """Steps of one run: status, rows, teacher requests, timing."""
     state = RunState.load(runs / run)
-    console.print(f"[bold]{state.name}[/]: {state.status} (attempts {state.attempts}, updated {state.updated_at})")
+    status = live_status(state.directory, state.status)
+    console.print(f"[bold]{state.name}[/]: {status} (attempts {state.attempts}, updated {state.updated_at})")
     table = Table("step", "status", "rows", "teacher requests", "result", "finished")
     for name, step in state.steps.items():
         teacher = step.get("teacher") or {}

@@ -49,3 +49,26 @@ def run_lock(directory: Path) -> Iterator[None]:
             handle.seek(0)
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_holder(directory: Path) -> str | None:
+    """The pid holding the run's lock, or None when no live process runs it."""
+    path = directory / LOCK_FILE
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "unknown"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+
+def live_status(directory: Path, recorded: str) -> str:
+    """A run's status as a person needs it: a run recorded "running" whose process is gone
+    (killed, power cut, disk full before "failed" could be saved) is "stopped"."""
+    if recorded != "running":
+        return recorded
+    holder = lock_holder(directory)
+    return f"running (pid {holder})" if holder else "stopped (run the same command to resume)"

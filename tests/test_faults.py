@@ -298,3 +298,17 @@ def test_unknown_teacher_backend_is_reported_at_the_line_of_the_value(tmp_path, 
         f"error: {config}:6: teacher.backend: unknown teacher 'openaii' "
         "(built-ins: openai, vllm, transformers, classifier;"
     )
+
+
+def test_runs_list_tells_a_live_run_from_a_stopped_one(tmp_path, run_cli):
+    from stillhouse.runlock import run_lock
+    from stillhouse.runs import RunState
+
+    state = RunState.open(tmp_path / "runs" / "night", "night")
+    state.status = "running"  # what a run killed by SIGKILL (or a full disk) leaves behind
+    state.save()
+    code, out, _ = run_cli("runs", "list", "--runs", tmp_path / "runs")
+    assert code == 0 and "stopped (run the same command to resume)" in out
+    with run_lock(tmp_path / "runs" / "night"):
+        code, out, _ = run_cli("runs", "show", "night", "--runs", tmp_path / "runs")
+    assert code == 0 and f"night: running (pid {os.getpid()})" in out
