@@ -144,7 +144,8 @@ def datasets_verify(
 ) -> None:
     """Check every file of a version against the sha256 in its manifest."""
     version = DatasetStore(root).resolve(ref, verify=False)
-    version.verify()
+    with err_console.status(f"{version.ref}: hashing {len(version.manifest['files'])} files"):
+        version.verify()
     console.print(f"{version.ref}: OK ({len(version.manifest['files'])} files match their manifest)")
 
 
@@ -255,7 +256,8 @@ def datasets_report(
 
     version = DatasetStore(root).resolve(ref)
     results = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation else saved_evaluation(version)
-    path = write_report(version, out or report_path(version), evaluation=results, review=review_report(version))
+    with err_console.status(f"{version.ref}: writing the report ({version.manifest['rows']['total']:,} rows)"):
+        path = write_report(version, out or report_path(version), evaluation=results, review=review_report(version))
     console.print(f"{version.ref}: report written to {path}")
 
 
