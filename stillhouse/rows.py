@@ -48,5 +48,7 @@ def select_rows(
             raise RowFilterError(f"--where {where!r}: {message}") from None
     else:
         total = scan.select(pl.len()).collect().item()
-    selected = scan.select(chosen)
-    return (selected.head(limit) if limit else selected).collect(), total
+    rows = (scan.select(chosen).head(limit) if limit else scan.select(chosen)).collect()
+    if not columns and rows.height:  # default columns no row fills (a classification set's response)
+        rows = rows.select([name for name in rows.columns if rows[name].null_count() < rows.height])
+    return rows, total

@@ -90,3 +90,13 @@ def test_rows_of_a_tampered_version_are_refused(run_cli, root):
     data.write_bytes(data.read_bytes() + b"x")
     code, out, err = run_cli("datasets", "rows", "demo", "--root", root)
     assert code == 1 and "does not match the sha256" in err and out == ""
+
+
+def test_default_columns_leave_out_the_ones_no_row_fills(run_cli, tmp_path):
+    frame = pl.DataFrame({"id": ["a"], "instruction": ["Classify."], "input": ["card lost"], "origin": ["seed"]})
+    DatasetStore(tmp_path).publish("pool", frame.with_columns(label=pl.lit("card_lost")))
+    code, out, _ = run_cli("datasets", "rows", "pool", "--root", tmp_path, "--json")
+    assert code == 0
+    assert json.loads(out) == [
+        {"id": "a", "origin": "seed", "instruction": "Classify.", "input": "card lost", "label": "card_lost"}
+    ]
