@@ -71,6 +71,9 @@ def test_readme_stage_example_runs_verbatim(user_dir, run_cli):
     ]
     assert sorted(version.read(["instruction"])["instruction"]) == ["Describe the sea.", "Say hello."]
     assert version.manifest["funnel"][-1]["stage"] == "min_words"
+    # The manifest records the config with paths relative to it, not this machine's paths.
+    assert version.manifest["config"]["seeds"]["path"] == "seeds.jsonl"
+    assert str(user_dir) not in json.dumps(version.manifest["config"])
 
 
 def test_stage_by_entry_point_name(user_dir, run_cli):
