@@ -287,5 +287,4 @@ def review_report(version: DatasetVersion) -> dict[str, Any] | None:
 
     if REVIEW_REPORT_FILE not in version.manifest["files"]:
         return None
-    version.verify()
-    return json.loads((version.path / REVIEW_REPORT_FILE).read_text(encoding="utf-8"))
+    return json.loads(version.read_bytes(REVIEW_REPORT_FILE).decode("utf-8"))
