@@ -243,19 +243,26 @@ class DatasetStore:
         """OS and network errors become one line naming the store location."""
         try:
             yield
-        except StillhouseError:
-            raise
-        except FileNotFoundError:
+        except (StillhouseError, FileNotFoundError):
             raise
         except OSError as exc:
             raise StoreError(f"{what} in {self.root}: {exc}") from None
+        except Exception as exc:
+            if self.local:
+                raise
+            # object-storage clients raise their own types (e.g. botocore's EndpointConnectionError)
+            raise StoreError(f"{what} in {self.root}: {type(exc).__name__}: {exc}") from None
 
     # -- reading ---------------------------------------------------------------
     def exists(self) -> bool:
         with self._io("cannot read the dataset root"):
             if self.local:
                 return Path(self._base).is_dir()
-            return self.fs.exists(self._base.split("/")[0])
+            try:
+                self.fs.ls(self._base.split("/")[0], detail=False)
+            except FileNotFoundError:
+                return False
+            return True
 
     def _require_root(self) -> None:
         if not self.exists():
