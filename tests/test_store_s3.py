@@ -144,3 +144,20 @@ def test_unreachable_object_store_is_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
     assert f"in {ROOT}: EndpointConnectionError: Could not connect to the endpoint URL" in done.stderr
+
+
+def test_seeds_are_read_from_s3(s3_root):
+    from stillhouse.seeds import SeedError, load_seeds
+
+    lines = [json.dumps({"text": f"Seed question number {i}?"}) for i in range(5)] + [
+        '{"text": "Seed question number 0?"}'
+    ]
+    _fs().pipe_file(f"{s3_root}/seeds.jsonl", ("\n".join(lines) + "\n").encode())
+    records, merged = load_seeds(f"{s3_root}/seeds.jsonl", columns={"instruction": "text"})
+    assert records.height == 5 and merged == 1
+    assert records["instruction"].to_list()[0] == "Seed question number 0?"
+    _fs().pipe_file(f"{s3_root}/bad.jsonl", b'{"text": "fine"}\n{oops\n')
+    with pytest.raises(SeedError, match=rf"^{s3_root}/bad.jsonl:2: invalid JSON"):
+        load_seeds(f"{s3_root}/bad.jsonl", columns={"instruction": "text"})
+    with pytest.raises(SeedError, match=rf"^{s3_root}/missing.jsonl: seed file not found$"):
+        load_seeds(f"{s3_root}/missing.jsonl", columns={"instruction": "text"})
