@@ -164,7 +164,7 @@ class Runner:
         return kept, rejected, step_fp
 
     def curation(self, frame: pl.DataFrame, input_fp: str, first_stages: list[str]):
-        from curation.config import build_stage
+        from curation.stages import build_stage
         from curation.pipeline import run_stages
 
         step = "curation"

@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from curation.config import JudgeConfig, build_stage
+from curation.config import JudgeConfig
+from curation.stages import build_stage
 from curation.pipeline import run_stages
 from curation.stages import Judge
 from curation.stages.judge import parse_score

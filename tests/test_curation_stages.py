@@ -20,10 +20,9 @@ from curation.config import (
     HeuristicsConfig,
     MinHashDedupConfig,
     StageConfig,
-    build_stage,
 )
 from curation.pipeline import run_stages
-from curation.stages import Consistency, Entropy, ExactDedup, Heuristics, MinHashDedup, StageInputError
+from curation.stages import Consistency, Entropy, ExactDedup, Heuristics, MinHashDedup, StageInputError, build_stage
 from curation.stages.minhash_dedup import band_candidates, lsh_shape, signatures
 from curation.text import shingle
 from factory.errors import ConfigError, StillhouseError

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from curation.stages.base import Stage, StageInputError
+from typing import TYPE_CHECKING
+
+from curation.stages.base import Scope, Stage, StageInputError
 from curation.stages.consistency import Consistency
 from curation.stages.entropy import Entropy
 from curation.stages.exact_dedup import ExactDedup
@@ -21,8 +23,26 @@ STAGES: dict[str, type[Stage]] = {
     "judge": Judge,
 }
 
+if TYPE_CHECKING:
+    from curation.config import StageConfig
+    from factory.teachers.base import Teacher
+
+
+def build_stage(config: StageConfig, teacher: Teacher | None = None) -> Stage:
+    """The stage a config describes; the judge needs a `teacher`."""
+    from factory.errors import ConfigError
+
+    if config.stage == "judge":
+        if teacher is None:
+            raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
+        return STAGES["judge"](config, teacher)
+    return STAGES[config.stage](config)
+
+
 __all__ = [
     "STAGES",
+    "Scope",
+    "build_stage",
     "Consistency",
     "Entropy",
     "ExactDedup",

@@ -16,7 +16,7 @@ import re
 import polars as pl
 
 from curation.config import ConsistencyConfig
-from curation.stages.base import Stage
+from curation.stages.base import Scope, Stage
 
 ANSWER_PATTERNS = [
     r"(?i)final answer\s*(?:is)?\s*[:：]?\s*([^\n]+)",
@@ -55,6 +55,13 @@ class Consistency(Stage):
         super().__init__()
         self.config = config or ConsistencyConfig()
         self.name = self.config.name or "consistency"
+
+    @property
+    def scope(self) -> Scope:
+        """Row-local unless the label set is read off the whole frame (see `_labels`)."""
+        if self.config.labels or self.config.mode in ("final_answer", "open"):
+            return Scope.ROW
+        return Scope.GLOBAL
 
     @property
     def required_columns(self) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from curation.config import JudgeConfig
-from curation.stages.base import Stage, active, progress
+from curation.stages.base import Scope, Stage, active, progress
 from factory.teachers.base import Generation, Teacher, TeacherRequest
 
 SYSTEM = "You are a careful, strict evaluator of answers written by an AI assistant."
@@ -112,6 +112,9 @@ class _PromptOnlyLLM:
 
 
 class Judge(Stage):
+    scope = Scope.ROW
+    portable = False  # holds the teacher: runs in the driver, its requests fan out through the executor's teacher
+
     def __init__(self, config: JudgeConfig | None, teacher: Teacher) -> None:
         super().__init__()
         self.config = config or JudgeConfig()
