@@ -164,8 +164,8 @@ class Runner:
         return kept, rejected, step_fp
 
     def curation(self, frame: pl.DataFrame, input_fp: str, first_stages: list[str]):
-        from curation.stages import build_stage
         from curation.pipeline import run_stages
+        from curation.stages import build_stage
 
         step = "curation"
         configs = self.config.curation

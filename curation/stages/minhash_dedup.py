@@ -16,10 +16,19 @@ import numpy as np
 import polars as pl
 
 from curation.config import MinHashDedupConfig
-from curation.stages.base import Stage, active, keep_best_of_groups, keep_rank, progress, union_find
+from curation.stages.base import (
+    Stage,
+    active,
+    keep_best_of_groups,
+    keep_rank,
+    progress,
+    union_find,
+    with_drop_columns,
+)
 from curation.text import Shingles, joined, shingle
 
 EMPTY = np.uint32(0xFFFFFFFF)
+SIGNATURE_COLUMN = "_minhash"
 
 
 def lsh_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
@@ -92,6 +101,10 @@ def band_candidates(sigs: np.ndarray, docs: np.ndarray, bands: int, rows: int) -
 
 
 class MinHashDedup(Stage):
+    # Global, split as datatrove does: signatures per block (parallel, `prepare`), then banding,
+    # exact-Jaccard verification of the candidates and keep-best marking on the whole frame.
+    prepared_columns = (SIGNATURE_COLUMN,)
+
     def __init__(self, config: MinHashDedupConfig | None = None, show_progress: bool = True) -> None:
         super().__init__()
         self.config = config or MinHashDedupConfig()
@@ -107,6 +120,16 @@ class MinHashDedup(Stage):
     def required_columns(self) -> tuple[str, ...]:
         return ("id", *self.config.columns)
 
+    def prepare(self, block: pl.DataFrame) -> pl.DataFrame:
+        """Signatures of a block's live rows (all 0xFFFFFFFF for dropped rows): row-local, parallel."""
+        c = self.config
+        block = with_drop_columns(block)
+        live = np.flatnonzero(active(block).to_numpy())
+        sets = shingle(block[live].select(joined(c.columns).alias("t"))["t"], c.shingle, c.ngram, seed=c.seed)
+        sigs = np.full((block.height, c.num_perm), EMPTY, dtype=np.uint32)
+        sigs[live] = signatures(sets, c.num_perm, c.seed, c.batch_docs, show=False)
+        return block.with_columns(pl.Series(SIGNATURE_COLUMN, sigs))
+
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         c = self.config
         text = joined(c.columns)
@@ -116,7 +139,10 @@ class MinHashDedup(Stage):
         position[live] = np.arange(len(live))
         texts = frame[live].select(text.alias("t"))["t"]
         sets = shingle(texts, c.shingle, c.ngram, seed=c.seed)
-        sigs = signatures(sets, c.num_perm, c.seed, c.batch_docs, show=self.show_progress)
+        if SIGNATURE_COLUMN in frame.columns:  # signed in parallel by `prepare`
+            sigs = frame[SIGNATURE_COLUMN].to_numpy()[live].astype(np.uint32, copy=False)
+        else:
+            sigs = signatures(sets, c.num_perm, c.seed, c.batch_docs, show=self.show_progress)
         docs = np.flatnonzero(sets.counts() > 0)
         left, right = band_candidates(sigs, docs, self.bands, self.rows)
         similarity = sets.jaccard(left, right)

@@ -1,0 +1,137 @@
+"""The Ray executor: curation stages over Ray Data blocks, teacher requests over Ray actors.
+
+How a stage runs depends only on what it declares (`Stage.scope`, `prepared_columns`,
+`portable`):
+- row-local and portable (heuristics, entropy with an absolute cut, consistency with a
+  known label set): `map_batches` over blocks of `block_rows`, in order;
+- global with a parallel part (MinHash: signatures; semantic dedup: embeddings, one model
+  per actor, loaded once): `prepare` as `map_batches`, then the small global part
+  (banding, clustering, marking) here, on the ids and prepared columns;
+- anything else (exact dedup, quantile cuts, the judge, whose teacher fans its requests
+  out over the cluster anyway): here, as the local executor would.
+A block whose worker dies is retried (`max_retries`); when retries run out the step fails
+with one line, never with a partial frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from curation.stages.base import Scope, Stage, with_drop_columns
+from factory.teachers.base import Teacher
+from factory.teachers.config import TeacherConfig
+from stillhouse.executors import RayExecutorConfig
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def connect(address: str) -> None:
+    """Join the cluster at `address` (never start one); one line naming the address if it cannot."""
+    import ray
+
+    from stillhouse.executors.ray_teacher import ExecutorError
+
+    if ray.is_initialized():
+        return
+    target = os.environ.get("RAY_ADDRESS", "auto") if address == "auto" else address
+    try:
+        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError... depending on the address kind
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        detail = lines[0] if lines else type(exc).__name__
+        raise ExecutorError(
+            f"executor: no Ray cluster reachable at {target} ({detail}); start one with `ray start --head` "
+            "or set executor.address / RAY_ADDRESS"
+        ) from None
+
+
+class _BlockFunction:
+    """`stage.<method>(block)` on one Arrow block (a class so an actor builds the stage's model once)."""
+
+    def __init__(self, stage: Stage, method: str) -> None:
+        self.stage = stage
+        self.method = method
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        frame = pl.from_arrow(block)
+        return getattr(self.stage, self.method)(frame).to_arrow()
+
+
+class RayExecutor:
+    def __init__(self, config: RayExecutorConfig) -> None:
+        self.config = config
+        connect(config.address)
+        import ray
+
+        self.address = ray.get_runtime_context().gcs_address
+
+    # -- curation ---------------------------------------------------------------
+    def apply(self, stage: Stage, frame: pl.DataFrame) -> pl.DataFrame:
+        if not stage.portable or frame.height <= 1:
+            return stage.apply(frame)
+        if stage.scope is Scope.ROW:
+            return self._map(stage, "apply", frame)
+        if stage.prepared_columns:
+            prepared = self._map(stage, "prepare", with_drop_columns(frame))
+            return stage.apply(prepared).drop(list(stage.prepared_columns), strict=False)
+        return stage.apply(frame)
+
+    def _map(self, stage: Stage, method: str, frame: pl.DataFrame) -> pl.DataFrame:
+        import ray
+        import ray.data
+
+        from stillhouse.executors.ray_teacher import ExecutorError, _first
+
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # blocks come back in row order
+        context.enable_progress_bars = False
+        table = frame.to_arrow()
+        step = self.config.block_rows
+        blocks = [table.slice(start, step) for start in range(0, table.num_rows, step)]
+        dataset = ray.data.from_arrow(blocks)
+        retries = self.config.max_retries
+        if method == "prepare":  # a prepare step may load a model: long-lived actors load it once each
+            how = {
+                "fn_constructor_args": (stage, method),
+                "concurrency": self.config.workers,
+                "max_restarts": retries,
+                "max_task_retries": retries,
+            }
+            function = _BlockFunction
+        else:
+            how, function = {"max_retries": retries}, _BlockFunction(stage, method)
+        try:
+            mapped = dataset.map_batches(function, batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **how)
+            tables = ray.get(mapped.to_arrow_refs())
+        except Exception as exc:
+            raise ExecutorError(
+                f"executor: stage '{stage.name}' failed on the Ray cluster at {self.address} ({_first(exc)}); "
+                "nothing was written, run the same command to resume"
+            ) from None
+        parts = [pl.from_arrow(t) for t in tables if t.num_rows]
+        result = pl.concat(parts, how="vertical_relaxed") if parts else frame.clear()
+        if result.height != frame.height:
+            raise ExecutorError(
+                f"executor: stage '{stage.name}' returned {result.height} of {frame.height} rows from the Ray "
+                f"cluster at {self.address}; nothing was written"
+            )
+        return result
+
+    # -- generation -------------------------------------------------------------
+    def teacher(self, config: TeacherConfig, cache_dir: Path | None) -> Teacher:
+        from stillhouse.executors.ray_teacher import RayTeacher
+
+        return RayTeacher(
+            config, cache_dir, workers=self.config.workers, max_retries=self.config.max_retries, address=self.address
+        )
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
