@@ -90,6 +90,7 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # blocks come back in row order
         context.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         table = frame.to_arrow()
         step = self.config.block_rows
         blocks = [table.slice(start, step) for start in range(0, table.num_rows, step)]
@@ -98,7 +99,7 @@ class RayExecutor:
         if method == "prepare":  # a prepare step may load a model: long-lived actors load it once each
             how = {
                 "fn_constructor_args": (stage, method),
-                "concurrency": self.config.workers,
+                "compute": ray.data.ActorPoolStrategy(size=self.config.workers),
                 "max_restarts": retries,
                 "max_task_retries": retries,
             }
