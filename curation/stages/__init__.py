@@ -25,17 +25,18 @@ STAGES: dict[str, type[Stage]] = {
 
 if TYPE_CHECKING:
     from curation.config import StageConfig
+    from factory.aio import EventLoop
     from factory.teachers.base import Teacher
 
 
-def build_stage(config: StageConfig, teacher: Teacher | None = None) -> Stage:
-    """The stage a config describes; the judge needs a `teacher`."""
+def build_stage(config: StageConfig, teacher: Teacher | None = None, loop: EventLoop | None = None) -> Stage:
+    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`)."""
     from factory.errors import ConfigError
 
     if config.stage == "judge":
         if teacher is None:
             raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
-        return STAGES["judge"](config, teacher)
+        return STAGES["judge"](config, teacher, loop)
     return STAGES[config.stage](config)
 
 
