@@ -35,6 +35,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from curation.funnel import Funnel, funnel_from_frame, funnel_table_rows
+from factory.atomic import fsync_path
 from factory.errors import StillhouseError
 from factory.schema import SCHEMA_VERSION, conform
 from factory.secrets import redact_secrets
@@ -461,10 +462,10 @@ class DatasetStore:
                 _finish_manifest(manifest, version, staging)
                 (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
                 for path in staging.iterdir():
-                    _fsync(path)
+                    fsync_path(path)
                     path.chmod(0o444)
                 os.rename(staging, directory / f"v{version}")
-                _fsync(directory)
+                fsync_path(directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -572,14 +573,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def dataset_card(manifest: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from factory.schema import canonical_json
 from factory.storage import as_location
 from factory.tasks.config import TaskConfig
 from factory.teachers.config import TeacherConfig
+from stillhouse.executors import ExecutorConfig, LocalExecutorConfig, executor_shorthand
 from stillhouse.yaml_config import load_config
 from trainer.config import TrainConfig
 
@@ -133,6 +134,10 @@ class RunConfig(StrictModel):
 
     name: str = Field(description="Run name: its state lives in <run_dir>/<name>/.")
     run_dir: Path = Field(Path("runs"), description="Where run states, shards and caches live.")
+    executor: ExecutorConfig = Field(
+        default_factory=LocalExecutorConfig,
+        description="Where the work runs: local (default), or {type: ray, address: auto, workers: N}.",
+    )
     seeds: SeedsConfig
     teacher: TeacherConfig | None = None
     teacher_training: TeacherTrainingConfig | None = None
@@ -142,6 +147,8 @@ class RunConfig(StrictModel):
     review: ReviewConfig | None = None
     train: RunTrainConfig | None = None
     eval: EvalConfig | None = None
+
+    _executor_shorthand = field_validator("executor", mode="before")(executor_shorthand)
 
     @field_validator("name")
     @classmethod

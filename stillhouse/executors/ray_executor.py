@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -38,15 +40,48 @@ def connect(address: str) -> None:
 
     if ray.is_initialized():
         return
-    target = os.environ.get("RAY_ADDRESS", "auto") if address == "auto" else address
+    target = resolve_address(address)
+    _probe(target)  # ray.init waits minutes on an address where nothing listens: fail in seconds instead
     try:
         ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError... depending on the address kind
         lines = [line for line in str(exc).splitlines() if line.strip()]
-        detail = lines[0] if lines else type(exc).__name__
         raise ExecutorError(
-            f"executor: no Ray cluster reachable at {target} ({detail}); start one with `ray start --head` "
-            "or set executor.address / RAY_ADDRESS"
+            f"executor: no Ray cluster reachable at {target} ({lines[0] if lines else type(exc).__name__}); "
+            "start one with `ray start --head` or set executor.address / RAY_ADDRESS"
+        ) from None
+
+
+def resolve_address(address: str) -> str:
+    """`auto`: $RAY_ADDRESS, else the cluster `ray start` last started on this machine."""
+    from stillhouse.executors.ray_teacher import ExecutorError
+
+    if address != "auto":
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.is_file() and current.read_text().strip():
+        return current.read_text().strip()
+    raise ExecutorError(
+        "executor: no Ray cluster found for address 'auto' (RAY_ADDRESS is unset and none was started on this "
+        "machine); start one with `ray start --head` or set executor.address"
+    )
+
+
+def _probe(target: str, timeout_s: float = 5.0) -> None:
+    from stillhouse.executors.ray_teacher import ExecutorError
+
+    hostport = target.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorError(f"executor: '{target}' is not a Ray address (host:port or ray://host:port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ExecutorError(
+            f"executor: no Ray cluster reachable at {target} ({exc.strerror or exc}); start one with "
+            "`ray start --head` or set executor.address / RAY_ADDRESS"
         ) from None
 
 
