@@ -14,9 +14,8 @@ import pytest
 from pydantic import ValidationError
 
 from curation.config import JudgeConfig
-from curation.stages import build_stage
 from curation.pipeline import run_stages
-from curation.stages import Judge
+from curation.stages import Judge, build_stage
 from curation.stages.judge import parse_score
 from factory.schema import conform
 from factory.teachers.base import Generation, Sample, Teacher, TeacherIdentity, TeacherRequest
