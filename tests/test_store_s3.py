@@ -161,3 +161,31 @@ def test_seeds_are_read_from_s3(s3_root):
         load_seeds(f"{s3_root}/bad.jsonl", columns={"instruction": "text"})
     with pytest.raises(SeedError, match=rf"^{s3_root}/missing.jsonl: seed file not found$"):
         load_seeds(f"{s3_root}/missing.jsonl", columns={"instruction": "text"})
+
+
+def test_run_reads_seeds_from_and_publishes_to_s3(s3_root, run_cli, tmp_path):
+    import yaml
+
+    texts = [f"Tell a customer how parcel number {i} will be delivered next week." for i in range(6)] + ["Hi?"]
+    _fs().pipe_file(f"{s3_root}/seeds.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in texts).encode())
+    config = {
+        "name": "s3run",
+        "run_dir": str(tmp_path / "runs"),
+        "seeds": {"path": f"{s3_root}/seeds.jsonl", "columns": {"instruction": "text"}},
+        "curation": [
+            {"stage": "heuristics", "column": "instruction", "language": None, "truncated": False, "min_chars": 10}
+        ],
+        "publish": {"name": "s3run", "root": f"{s3_root}/datasets"},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, out, err = run_cli("run", path)
+    assert code == 0, err
+    store = DatasetStore(f"{s3_root}/datasets")
+    version = store.resolve("s3run@latest")
+    assert version.ref == "s3run@v1"
+    assert version.manifest["rows"] == {"kept": 6, "rejected": 1, "total": 7}
+    assert version.read_rejected()["drop_reason"].to_list() == ["too_short: 3 chars < 10"]
+    code, out, err = run_cli("run", path)  # finished: everything reused, nothing published twice
+    assert code == 0, err
+    assert store.versions("s3run") == [1]
