@@ -274,3 +274,66 @@ def test_executor_config_shorthand_and_validation():
     assert ray_config.type == "ray" and ray_config.address == "auto" and ray_config.workers == 2
     with pytest.raises(ValueError, match="workers"):
         RunConfig.model_validate({**base, "executor": {"type": "ray", "workers": 0}})
+
+
+def _blockwise(stage, frame: pl.DataFrame, rows: int) -> pl.DataFrame:
+    """What the Ray executor does with a global stage, without Ray: prepare per block, then apply."""
+    from curation.stages.base import with_drop_columns
+
+    frame = with_drop_columns(frame)
+    prepared = pl.concat([stage.prepare(frame.slice(start, rows)) for start in range(0, frame.height, rows)])
+    return stage.apply(prepared).drop(list(stage.prepared_columns))
+
+
+def test_global_stages_split_into_blocks_give_the_whole_frame_answer():
+    """MinHash signed per block and semantic dedup embedded per block decide as on the whole frame."""
+    from conftest import shared_data
+
+    from curation.config import MinHashDedupConfig, SemanticDedupConfig
+    from curation.stages import MinHashDedup, SemanticDedup
+    from curation.stages.semantic_dedup import sentence_transformer_encoder
+    from factory.schema import conform, record_ids
+
+    rows = json.loads(shared_data("alpaca", "alpaca_plus_validation_unseen_1000_alpaca.json").read_text())
+    frame = pl.DataFrame(
+        {
+            "instruction": [r["instruction"] for r in rows],
+            "input": [r["input"] for r in rows],
+            "response": [r["output"] for r in rows],
+            "origin": ["seed"] * len(rows),
+        }
+    )
+    planted = frame.head(60).with_columns(  # near duplicates
+        instruction=pl.col("instruction") + " Please.", response=pl.col("response") + " Thanks."
+    )
+    frame = pl.concat([frame, planted]).with_columns(
+        drop_stage=pl.lit(None, pl.String), drop_reason=pl.lit(None, pl.String)
+    )
+    frame = frame.with_columns(record_ids(frame))
+    frame = frame.with_columns(  # an earlier stage's drop: never signed, never a keeper
+        drop_stage=pl.when(pl.int_range(pl.len()) % 97 == 3).then(pl.lit("heuristics")),
+        drop_reason=pl.when(pl.int_range(pl.len()) % 97 == 3).then(pl.lit("too_short")),
+    )
+    minhash = MinHashDedup(MinHashDedupConfig(threshold=0.7), show_progress=False)
+    whole = minhash.apply(frame)
+    assert (whole["drop_stage"] == "minhash_dedup").sum() >= 40
+    assert _blockwise(minhash, frame, 97).equals(whole)
+
+    import torch
+
+    torch.set_num_threads(2)
+    semantic = SemanticDedup(SemanticDedupConfig(threshold=0.9), encoder=sentence_transformer_encoder(None, 64))
+    small = pl.from_arrow(conform(frame.head(150).vstack(frame.slice(1000, 20)).drop("drop_stage", "drop_reason")))
+    whole = semantic.apply(small)
+    assert (whole["drop_stage"] == "semantic_dedup").sum() >= 15
+    split = _blockwise(semantic, small, 41)
+    assert split.select(pl.exclude("drop_reason")).equals(whole.select(pl.exclude("drop_reason")))
+    # cosines agree to float rounding across batchings; the decisions are identical
+    assert (
+        (
+            split["drop_reason"].str.split(" cosine").list.first()
+            == whole["drop_reason"].str.split(" cosine").list.first()
+        )
+        .fill_null(True)
+        .all()
+    )
