@@ -116,6 +116,10 @@ def test_local_and_ray_executors_publish_the_same_dataset(tmp_path, server, clus
     assert ray_funnel == local_funnel
     shards = sorted(p.name for p in (tmp_path / "ray" / "runs" / "resume" / "cache" / "shards").iterdir())
     assert "worker-0.sqlite" in shards and "worker-1.sqlite" in shards  # both actors answered
+    for root in (tmp_path / "ray", Path(cluster.temp_dir)):  # the key reached the actors, never a file
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and not path.is_socket():
+                assert b"sk-test-secret" not in path.read_bytes(), path
 
 
 def test_driver_killed_mid_generation_resumes_without_reissuing(tmp_path, server, cluster, local_reference):

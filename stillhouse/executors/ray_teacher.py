@@ -124,9 +124,14 @@ class _ClusterBudget:
 class GenerationWorker:
     """One teacher (its own client or engine) on a Ray worker; answers chunks of requests."""
 
-    def __init__(self, config: dict[str, Any], main_cache: str | None, shard: str | None, limits: Any) -> None:
+    def __init__(
+        self, config: dict[str, Any], main_cache: str | None, shard: str | None, limits: Any, secrets: dict[str, str]
+    ) -> None:
         from factory.teachers import build_teacher
 
+        # The API key travels as a constructor argument (never in the actor's runtime env,
+        # which Ray shows in its job listings and logs) and lives only in this process.
+        os.environ.update(secrets)
         teacher_config = TypeAdapter(TeacherConfig).validate_python(config)
         self.teacher = build_teacher(teacher_config, cache_dir=None)
         if shard is not None:
@@ -176,20 +181,19 @@ class RayTeacher(Teacher):
             self.cache = ResponseCache(main_cache)
         self.shard_dir = shard_dir
         self._merge_shards()  # a killed run's workers' answers are answers
-        env = {}
+        secrets = {}
         key_env = getattr(config, "api_key_env", None)
         if key_env and key_env in os.environ:  # the workers need the key; it never reaches a file
-            env[key_env] = os.environ[key_env]
+            secrets[key_env] = os.environ[key_env]
         self.limits = ClusterLimits.remote(config.rpm, config.tpm, config.budget, config.prices)
         data = config.model_dump(mode="json")
         self.workers = [
-            GenerationWorker.options(
-                max_restarts=max_retries, max_task_retries=max_retries, runtime_env={"env_vars": env}
-            ).remote(
+            GenerationWorker.options(max_restarts=max_retries, max_task_retries=max_retries).remote(
                 data,
                 str(main_cache) if main_cache else None,
                 str(shard_dir / f"worker-{index}.sqlite") if shard_dir else None,
                 self.limits,
+                secrets,
             )
             for index in range(workers)
         ]
