@@ -25,19 +25,29 @@ STAGES: dict[str, type[Stage]] = {
 
 if TYPE_CHECKING:
     from curation.config import StageConfig
+    from curation.store import DatasetStore
     from factory.aio import EventLoop
     from factory.teachers.base import Teacher
 
 
-def build_stage(config: StageConfig, teacher: Teacher | None = None, loop: EventLoop | None = None) -> Stage:
-    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`)."""
+def build_stage(
+    config: StageConfig,
+    teacher: Teacher | None = None,
+    loop: EventLoop | None = None,
+    store: DatasetStore | None = None,
+) -> Stage:
+    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`);
+    dedup stages with `against:` resolve its refs in `store` (default: the default store)."""
     from factory.errors import ConfigError
 
     if config.stage == "judge":
         if teacher is None:
             raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
         return STAGES["judge"](config, teacher, loop)
-    return STAGES[config.stage](config)
+    stage = STAGES[config.stage](config)
+    if getattr(config, "against", None):
+        stage.reference_store = store
+    return stage
 
 
 __all__ = [

@@ -131,16 +131,15 @@ class RayExecutor:
         blocks = [table.slice(start, step) for start in range(0, table.num_rows, step)]
         dataset = ray.data.from_arrow(blocks)
         retries = self.config.max_retries
-        if method == "prepare":  # a prepare step may load a model: long-lived actors load it once each
-            how = {
-                "fn_constructor_args": (stage, method),
-                "compute": ray.data.ActorPoolStrategy(size=self.config.workers),
-                "max_restarts": retries,
-                "max_task_retries": retries,
-            }
-            function = _BlockFunction
-        else:
-            how, function = {"max_retries": retries}, _BlockFunction(stage, method)
+        # Long-lived actors, each holding the stage: a model a stage loads (embeddings for
+        # semantic dedup or open-ended consistency) is loaded once per actor, not per block.
+        how = {
+            "fn_constructor_args": (stage, method),
+            "compute": ray.data.ActorPoolStrategy(size=self.config.workers),
+            "max_restarts": retries,
+            "max_task_retries": retries,
+        }
+        function = _BlockFunction
         try:
             mapped = dataset.map_batches(function, batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **how)
             tables = ray.get(mapped.to_arrow_refs())
