@@ -32,14 +32,15 @@ from stillhouse.executors import RayExecutorConfig
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def connect(address: str) -> None:
-    """Join the cluster at `address` (never start one); one line naming the address if it cannot."""
+def connect(address: str) -> str:
+    """Join the cluster at `address` (never start one) and return its address; one line naming the
+    address if it cannot."""
     import ray
 
     from stillhouse.executors.ray_teacher import ExecutorError
 
-    if ray.is_initialized():
-        return
+    if ray.is_initialized():  # this process already drives a cluster
+        return ray.get_runtime_context().gcs_address
     target = resolve_address(address)
     _probe(target)  # ray.init waits minutes on an address where nothing listens: fail in seconds instead
     try:
@@ -50,6 +51,7 @@ def connect(address: str) -> None:
             f"executor: no Ray cluster reachable at {target} ({lines[0] if lines else type(exc).__name__}); "
             "start one with `ray start --head` or set executor.address / RAY_ADDRESS"
         ) from None
+    return target
 
 
 def resolve_address(address: str) -> str:
@@ -100,10 +102,7 @@ class _BlockFunction:
 class RayExecutor:
     def __init__(self, config: RayExecutorConfig) -> None:
         self.config = config
-        connect(config.address)
-        import ray
-
-        self.address = ray.get_runtime_context().gcs_address
+        self.address = connect(config.address)  # what error lines name
 
     # -- curation ---------------------------------------------------------------
     def apply(self, stage: Stage, frame: pl.DataFrame) -> pl.DataFrame:
