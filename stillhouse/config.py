@@ -17,8 +17,10 @@ from curation.config import StageConfig
 from curation.review import ReviewConfig
 from factory.schema import canonical_json
 from factory.secrets import redact_secrets
+from factory.storage import as_location
 from factory.tasks.config import TaskConfig
 from factory.teachers.config import TeacherConfig
+from stillhouse.executors import ExecutorConfig, LocalExecutorConfig, executor_shorthand
 from stillhouse.yaml_config import load_config
 from trainer.config import TrainConfig
 
@@ -33,7 +35,14 @@ def relative_to_config(path: Path, info: ValidationInfo) -> Path:
     return path if path.is_absolute() or config_dir is None else Path(config_dir) / path
 
 
-def require_file(path: Path, what: str) -> Path:
+def location_field(value: object) -> object:
+    """Before validation: a URL (`s3://...`) stays a string (pathlib folds it into `s3:/...`), a path a Path."""
+    return as_location(value) if isinstance(value, (str, Path)) else value
+
+
+def require_file(path: Path | str, what: str) -> Path | str:
+    if isinstance(path, str):  # a URL: checked when it is read (one line naming it), not at load time
+        return path
     if not path.is_file():
         raise ValueError(f"{what} {path} does not exist")
     return path
@@ -49,7 +58,9 @@ class ColumnMapping(StrictModel):
 
 
 class SeedsConfig(StrictModel):
-    path: Path = Field(description="Seed file (JSONL, CSV or Parquet), relative to the config file.")
+    path: Path | str = Field(
+        description="Seed file (JSONL, CSV or Parquet), relative to the config file, or a URL (s3://bucket/seeds.jsonl)."
+    )
     format: Literal["jsonl", "csv", "parquet"] | None = Field(
         None, description="File format; inferred from the extension when omitted."
     )
@@ -59,9 +70,13 @@ class SeedsConfig(StrictModel):
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N seeds.")
 
+    _seed_url = field_validator("path", mode="before")(location_field)
+
     @field_validator("path")
     @classmethod
-    def _seed_file_exists(cls, path: Path, info: ValidationInfo) -> Path:
+    def _seed_file_exists(cls, path: Path | str, info: ValidationInfo) -> Path | str:
+        if isinstance(path, str):
+            return path
         return require_file(relative_to_config(path, info), "seed file")
 
 
@@ -99,8 +114,12 @@ class EvalConfig(StrictModel):
 
 class PublishConfig(StrictModel):
     name: str = Field(description="Dataset name: versions land in <root>/<name>/v<N>/.")
-    root: Path = Field(Path("datasets_out"), description="Dataset store root.")
+    root: Path | str = Field(
+        Path("datasets_out"), description="Dataset store root: a directory or a URL (s3://bucket/prefix)."
+    )
     description: str = ""
+
+    _root_url = field_validator("root", mode="before")(location_field)
 
     @field_validator("name")
     @classmethod
@@ -117,6 +136,10 @@ class RunConfig(StrictModel):
 
     name: str = Field(description="Run name: its state lives in <run_dir>/<name>/.")
     run_dir: Path = Field(Path("runs"), description="Where run states, shards and caches live.")
+    executor: ExecutorConfig = Field(
+        default_factory=LocalExecutorConfig,
+        description="Where the work runs: local (default), or {type: ray, address: auto, workers: N}.",
+    )
     seeds: SeedsConfig
     teacher: TeacherConfig | None = None
     teacher_training: TeacherTrainingConfig | None = None
@@ -126,6 +149,8 @@ class RunConfig(StrictModel):
     review: ReviewConfig | None = None
     train: RunTrainConfig | None = None
     eval: EvalConfig | None = None
+
+    _executor_shorthand = field_validator("executor", mode="before")(executor_shorthand)
 
     @field_validator("name")
     @classmethod
