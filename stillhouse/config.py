@@ -134,7 +134,17 @@ class RunConfig(StrictModel):
         """What about the teacher changes its answers (not concurrency, limits or budget)."""
         if self.teacher is None:
             return ""
-        operational = {"concurrency", "rpm", "tpm", "max_retries", "timeout_s", "budget", "prices", "cache"}
+        operational = {
+            "concurrency",
+            "max_concurrency",
+            "rpm",
+            "tpm",
+            "max_retries",
+            "timeout_s",
+            "budget",
+            "prices",
+            "cache",
+        }
         return canonical_json(self.teacher.model_dump(mode="json", exclude=operational))
 
     @model_validator(mode="after")

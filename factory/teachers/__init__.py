@@ -66,6 +66,7 @@ def build_teacher(config: TeacherConfig, cache_dir: Path | None = None, show_pro
     cache = ResponseCache(Path(cache_dir) / CACHE_FILE_NAME) if cache_dir is not None and config.cache else None
     machinery = {
         "concurrency": config.concurrency,
+        "max_concurrency": config.max_concurrency,
         "rpm": config.rpm,
         "tpm": config.tpm,
         "max_retries": config.max_retries,

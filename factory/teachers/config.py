@@ -36,7 +36,11 @@ class _TeacherConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(description="model name (openai) or local model directory")
-    concurrency: int = Field(default=16, ge=1, description="requests in flight at once")
+    concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=16,
+        description="requests in flight at once, or `auto`: AIMD (grow while answered, cut on 429/503/timeouts)",
+    )
+    max_concurrency: int = Field(default=256, ge=1, description="`concurrency: auto` never goes above this")
     rpm: int | None = Field(default=None, gt=0, description="requests-per-minute limit")
     tpm: int | None = Field(default=None, gt=0, description="tokens-per-minute limit (prompt + max completion)")
     max_retries: int = Field(default=5, ge=0)
