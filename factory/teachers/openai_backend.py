@@ -144,7 +144,8 @@ class OpenAITeacher(ManagedTeacher):
     def _classify(self, error: Exception) -> Exception:
         where = f"{self.base_url} (model {self.config.model!r})"
         if isinstance(error, openai.RateLimitError):
-            return RetryableError("429 rate limited", retry_after=retry_after_seconds(error.response.headers))
+            retry_after = retry_after_seconds(error.response.headers)
+            return RetryableError("429 rate limited", retry_after=retry_after, congestion=True)
         if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
             return TeacherError(f"{where} rejected the API key from ${self.config.api_key_env} ({error.status_code})")
         if isinstance(error, openai.NotFoundError):
@@ -154,10 +155,12 @@ class OpenAITeacher(ManagedTeacher):
         if isinstance(error, openai.APIStatusError):
             if error.status_code >= 500 or error.status_code in (408, 409):
                 retry_after = retry_after_seconds(error.response.headers)
-                return RetryableError(f"{error.status_code} from server", retry_after=retry_after)
+                return RetryableError(
+                    f"{error.status_code} from server", retry_after=retry_after, congestion=error.status_code == 503
+                )
             return RequestRejectedError(f"{error.status_code} from {where}: {_server_message(error)}")
         if isinstance(error, openai.APITimeoutError):
-            return RetryableError("request timed out", maybe_billed=True)
+            return RetryableError("request timed out", maybe_billed=True, congestion=True)
         if isinstance(error, openai.APIConnectionError) and _is_connect_failure(error) and not self._connected:
             return ServerUnreachableError(f"cannot reach the teacher server at {self.base_url}: connection failed")
         # Broken connection mid-answer, truncated or malformed body: worth another try.
