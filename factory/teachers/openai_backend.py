@@ -106,6 +106,25 @@ class OpenAITeacher(ManagedTeacher):
         self._connected = False
 
     async def _generate_one(self, request: TeacherRequest) -> Generation:
+        params = self._body(request)
+        try:
+            # `post` in wire format both ways: `chat.completions.create` walks the body
+            # through the SDK's typed-params transform and builds pydantic models of the
+            # answer, ~2 ms of CPU per request, which caps throughput at high concurrency
+            # on a small machine. The answer stays the plain JSON dict.
+            response = await self._client.post("/chat/completions", body=params, cast_to=object)
+        except Exception as error:  # noqa: BLE001 - every failure is classified below
+            raise self._classify(error) from error
+        self._connected = True
+        if not isinstance(response, dict) or not response.get("choices"):
+            raise RetryableError("server answered without choices", maybe_billed=True)
+        try:
+            return self._to_generation(request, response)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise RetryableError(f"malformed answer ({type(error).__name__}: {error})", maybe_billed=True) from error
+
+    def _body(self, request: TeacherRequest) -> dict[str, Any]:
+        """The chat-completions request body (online, and each line of a batch file)."""
         params: dict[str, Any] = {
             "model": self.config.model,
             "messages": request.openai_messages(),
@@ -125,21 +144,7 @@ class OpenAITeacher(ManagedTeacher):
                 params["top_logprobs"] = request.top_logprobs
         if self.config.return_token_ids:
             params["return_tokens_as_token_ids"] = True  # vLLM's extension
-        try:
-            # `post` in wire format both ways: `chat.completions.create` walks the body
-            # through the SDK's typed-params transform and builds pydantic models of the
-            # answer, ~2 ms of CPU per request, which caps throughput at high concurrency
-            # on a small machine. The answer stays the plain JSON dict.
-            response = await self._client.post("/chat/completions", body=params, cast_to=object)
-        except Exception as error:  # noqa: BLE001 - every failure is classified below
-            raise self._classify(error) from error
-        self._connected = True
-        if not isinstance(response, dict) or not response.get("choices"):
-            raise RetryableError("server answered without choices", maybe_billed=True)
-        try:
-            return self._to_generation(request, response)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise RetryableError(f"malformed answer ({type(error).__name__}: {error})", maybe_billed=True) from error
+        return params
 
     def _classify(self, error: Exception) -> Exception:
         where = f"{self.base_url} (model {self.config.model!r})"
