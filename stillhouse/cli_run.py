@@ -35,12 +35,16 @@ def run_command(
 
         console.print(estimate_table(estimate_run(run_config)))
         return
+    from stillhouse.estimate import estimate_run, estimate_vs_actual_table
     from stillhouse.run import Runner, evaluation_table, summary_table
 
+    estimate = estimate_run(run_config) if run_config.teacher is not None else None
     result = Runner(run_config, config, console).execute()
     if result.evaluation:
         console.print(evaluation_table(result.evaluation))
     console.print(summary_table(result))
+    if estimate is not None:
+        console.print(estimate_vs_actual_table(estimate, result.state.teacher))
 
 
 RunsRoot = Annotated[Path, typer.Option("--runs", help="Directory holding run states.")]
