@@ -316,9 +316,9 @@ def estimate_vs_actual_table(estimate: RunEstimate, teacher: dict[str, Any]) -> 
 
 def estimate_vs_actual(estimate: dict[str, Any], teacher: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Rows (what, estimated, actual, actual / estimated) for the run summary."""
-    actual_requests = teacher.get("answered", 0) + teacher.get("failed", 0) + teacher.get("cache_hits", 0)
-    if not actual_requests:  # older stats without `answered`
-        actual_requests = teacher.get("requests_sent", 0) - teacher.get("retries", 0) + teacher.get("cache_hits", 0)
+    # requests the teacher was asked over all attempts (a resumed attempt's cache hits are
+    # the earlier attempts' answers, not new requests); each retry is the same request
+    actual_requests = teacher.get("requests_sent", 0) - teacher.get("retries", 0)
     rows = [
         ("teacher requests", estimate["requests"], actual_requests),
         ("prompt tokens", estimate["prompt_tokens"], teacher.get("prompt_tokens", 0)),

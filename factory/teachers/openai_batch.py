@@ -24,14 +24,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import openai
 
+from factory.atomic import write_text_atomic
 from factory.teachers.base import Generation, TeacherRequest, Usage
 from factory.teachers.config import OpenAITeacherConfig
 from factory.teachers.errors import TeacherError
@@ -66,12 +65,7 @@ class BatchState:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".openai_batches.", suffix=".tmp")
-        with os.fdopen(handle, "w") as out:
-            json.dump({"submissions": self.entries}, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self.path)
+        write_text_atomic(self.path, json.dumps({"submissions": self.entries}))
 
 
 class OpenAIBatchTeacher(OpenAITeacher):
