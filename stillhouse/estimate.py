@@ -168,7 +168,7 @@ def _task_steps(task_config: Any, records: pl.DataFrame, n_live: int, teacher: A
     kind, rows = task_config.type, _rows(records)
     if kind == "respond":
         prompt, completion = _priced([task.request(row) for row in rows], n_live, count)
-        return [StepEstimate(kind, n_live, n_live, prompt, completion, "built from the records")], n_live, rows
+        return [StepEstimate(kind, n_live, n_live, prompt, completion, "from the records")], n_live, rows
     if kind == "label":
         source = task_config.source
         if source == "auto":
@@ -176,7 +176,7 @@ def _task_steps(task_config: Any, records: pl.DataFrame, n_live: int, teacher: A
         prompt, completion = _priced([task._request(row, source) for row in rows], n_live, count)
         if teacher.backend == "classifier":
             completion = 0  # a classifier returns probabilities, no tokens
-        return [StepEstimate(kind, n_live, n_live, prompt, completion, "built from the records")], n_live, rows
+        return [StepEstimate(kind, n_live, n_live, prompt, completion, "from the records")], n_live, rows
     if kind == "evol_instruct":
         from factory.tasks.evol_instruct import EQUALITY_PROMPT
 
@@ -185,7 +185,7 @@ def _task_steps(task_config: Any, records: pl.DataFrame, n_live: int, teacher: A
         answer = [TeacherRequest.chat(prompt_text(row["instruction"], row.get("input")),
                                       max_tokens=task_config.response_max_tokens) for row in rows]  # fmt: skip
         steps = [StepEstimate("evol_instruct: evolve", n_live, rounds, *_priced(evolve, rounds, count),
-                              "round 1 built from the records; later rounds priced alike"),
+                              "round 1 from the records"),
                  StepEstimate("evol_instruct: answer", n_live, rounds, *_priced(answer, rounds, count),
                               "at most one per evolution")]  # fmt: skip
         if task_config.check_information_gain:
@@ -210,7 +210,7 @@ def _task_steps(task_config: Any, records: pl.DataFrame, n_live: int, teacher: A
                                                                    instruction=row["instruction"]),
                                          max_tokens=task_config.max_tokens) for row in rows]  # fmt: skip
         return [StepEstimate("self_instruct: generate", n_live, prompts, *_priced(generate, prompts, count),
-                             "every round at most (a run stops at target_size)"),
+                             "at most (stops at target_size)"),
                 StepEstimate("self_instruct: classify", target, target, *_priced(classify, target, count), ""),
                 StepEstimate("self_instruct: instances", target, target, *_priced(instances, target, count), "")
                 ], target, []  # fmt: skip
@@ -233,7 +233,7 @@ def _judge_step(stage: Any, rows_in: int, rows: list[dict], response_tokens: int
     prompt, completion = _priced([request(row) for row in rows], rows_in, count)
     return StepEstimate(
         f"judge ({stage.rubric})", rows_in, rows_in, prompt + response_tokens * rows_in, completion,
-        "one per row reaching it (at most); the response at its max_tokens bound",
+        "at most one per row",
     )  # fmt: skip
 
 
@@ -270,15 +270,27 @@ def estimate_run(config: RunConfig) -> RunEstimate:
                        prefiltered=prefiltered)  # fmt: skip
 
 
+def requests_per_record(config: RunConfig) -> int:
+    """Teacher requests one seed record leads to (what a prefiltered record saves): each
+    task's per-record requests and one per judge stage. Self-instruct seeds only seed the
+    pool, so they count nothing."""
+    from factory.tasks import build_task
+
+    per_task = sum(build_task(t).estimate_requests(1) for t in config.tasks if t.type != "self_instruct")
+    return per_task + sum(1 for stage in config.curation if getattr(stage, "stage", "") == "judge")
+
+
 def _prefilter(config: RunConfig, records: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """The seeds with the `prefilter:` stages applied (they need no teacher); and how many they drop."""
     stages = getattr(config, "prefilter", None) or []
     if not stages:
         return records, 0
+    from rich.console import Console
+
     from curation.config import build_stage
     from curation.pipeline import run_stages
 
-    filtered, _ = run_stages(records, [build_stage(stage) for stage in stages])
+    filtered, _ = run_stages(records, [build_stage(stage) for stage in stages], console=Console(quiet=True))
     dropped = int(filtered["drop_stage"].is_not_null().sum()) if "drop_stage" in filtered.columns else 0
     return filtered, dropped
 
@@ -298,7 +310,7 @@ def estimate_table(estimate: RunEstimate) -> Table:
             f"{step.completion_tokens:,}",
             step.how,
         )
-    cost = "no price table" if estimate.usd is None else f"${estimate.usd:,.2f} at the {price} (completions at max)"
+    cost = "no price table" if estimate.usd is None else f"${estimate.usd:,.2f} ({price})"
     seeds = f"{estimate.seeds} seeds" + (f", {estimate.prefiltered} prefiltered" if estimate.prefiltered else "")
     table.add_row(
         "total", seeds, f"{estimate.requests:,}", f"{estimate.prompt_tokens:,}", f"{estimate.completion_tokens:,}", cost
