@@ -10,11 +10,14 @@ variable the config names and is held only by the HTTP client.
 from __future__ import annotations
 
 import email.utils
+import itertools
+import math
 import os
 import time
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import openai
 
 from factory.teachers.base import Generation, Sample, TeacherIdentity, TeacherRequest, Usage
@@ -34,6 +37,7 @@ from factory.teachers.token_ids import TokenBytesIndex, parse_token_id
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _MAX_RETRY_AFTER_S = 600.0
+CONNECTIONS_PER_CLIENT = 16  # connections per HTTP client (see OpenAITeacher.__init__)
 
 
 def read_api_key(config: OpenAITeacherConfig) -> str:
@@ -97,13 +101,25 @@ class OpenAITeacher(ManagedTeacher):
         super().__init__(identity, **machinery)
         # Another endpoint, or ids/logprobs switched on, must not be served old answers.
         self.cache_salt = f"{self.base_url}|ids={config.return_token_ids}|logprobs={config.logprobs}"
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=read_api_key(config),
-            max_retries=0,  # retries are ours: budget- and Retry-After-aware
-            timeout=config.timeout_s + 5.0,  # the machinery's own timeout fires first
-        )
+        # httpx's pool scans every connection it holds for each request; with hundreds in
+        # flight that scan is most of the client's CPU. So connections are spread over
+        # small clients (CONNECTIONS_PER_CLIENT each) that requests take in turn.
+        api_key = read_api_key(config)
+        shards = max(1, math.ceil(self.slots.maximum / CONNECTIONS_PER_CLIENT))
+        self._clients = [self._new_client(api_key, config.timeout_s) for _ in range(shards)]
+        self._client = self._clients[0]
+        self._next_client = itertools.cycle(self._clients).__next__
         self._connected = False
+
+    def _new_client(self, api_key: str, timeout_s: float) -> openai.AsyncOpenAI:
+        limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT, max_keepalive_connections=CONNECTIONS_PER_CLIENT)
+        return openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key,
+            max_retries=0,  # retries are ours: budget- and Retry-After-aware
+            timeout=timeout_s + 5.0,  # the machinery's own timeout fires first
+            http_client=openai.DefaultAsyncHttpxClient(limits=limits),
+        )
 
     async def _generate_one(self, request: TeacherRequest) -> Generation:
         params = self._body(request)
@@ -112,7 +128,7 @@ class OpenAITeacher(ManagedTeacher):
             # through the SDK's typed-params transform and builds pydantic models of the
             # answer, ~2 ms of CPU per request, which caps throughput at high concurrency
             # on a small machine. The answer stays the plain JSON dict.
-            response = await self._client.post("/chat/completions", body=params, cast_to=object)
+            response = await self._next_client().post("/chat/completions", body=params, cast_to=object)
         except Exception as error:  # noqa: BLE001 - every failure is classified below
             raise self._classify(error) from error
         self._connected = True
@@ -220,7 +236,8 @@ class OpenAITeacher(ManagedTeacher):
         return sample, "tokenizer" if sample.token_ids else None
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
         await super().close()
 
 
