@@ -18,7 +18,7 @@ from fixtures.teacher_calls import generate_and_close as run
 
 from factory.teachers import OpenAITeacherConfig, TeacherRequest, build_teacher, estimate_cost
 from factory.teachers.cache import CACHE_FILE_NAME, ResponseCache
-from factory.teachers.openai_batch import STATE_FILE_NAME
+from factory.teachers.openai_batch import STATE_FILE_NAME, custom_id
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_POLL = {"poll_initial_s": 0.02, "poll_max_s": 0.1}
@@ -200,11 +200,39 @@ def test_killed_between_sending_and_recording_the_id_finds_the_batch_at_the_prov
         submission = next(iter(server.batches.values()))["metadata"]["stillhouse_submission"]
         state = {submission: {"custom_ids": {}, "batch_id": None}}
         teacher = build_teacher(config(server), cache_dir=tmp_path)
-        state[submission]["custom_ids"] = {
-            f"req-{teacher.cache_key(r)[:32]}": teacher.cache_key(r) for r in questions(4)
-        }
+        state[submission]["custom_ids"] = {custom_id(teacher.cache_key(r)): teacher.cache_key(r) for r in questions(4)}
         (tmp_path / STATE_FILE_NAME).write_text(json.dumps({"submissions": state}))
         teacher = build_teacher(config(server), cache_dir=tmp_path)
         generations = run(teacher, questions(4))
     assert all(g.ok for g in generations)
     assert server.counts["batches_created"] == 1 and server.counts["batch_lines"] == 4
+
+
+def test_vllm_offline_run_batch_reads_our_batch_file_and_its_output_maps_back(tmp_path, tiny_llama):
+    """The local equivalent of a provider's batch API: `python -m vllm.entrypoints.openai.run_batch`
+    (real engine, CPU build) on the batch file the teacher uploads online."""
+    pytest.importorskip("vllm")
+    teacher = build_teacher(
+        OpenAITeacherConfig(model=str(tiny_llama), base_url="http://127.0.0.1:9/v1", mode="batch"), cache_dir=None
+    )
+    requests = [TeacherRequest.chat(f"the sky {i}", max_tokens=6, top_logprobs=2) for i in range(3)]
+    (tmp_path / "in.jsonl").write_bytes(teacher.batch_file(requests + requests[:1]))
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_HOST_IP": "127.0.0.1"}  # fmt: skip
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", "in.jsonl", "-o", "out.jsonl",
+               "--model", str(tiny_llama), "--dtype", "float32", "--enforce-eager",
+               "--max-model-len", "512"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = (tmp_path / "out.jsonl").read_text()
+    assert len(output.splitlines()) == 3  # the repeated request was written once
+    generations = teacher.generations_from_output(requests + requests[:1], output)
+    assert all(g.ok for g in generations), [g.error for g in generations]
+    for generation in generations:
+        sample = generation.samples[0]
+        assert sample.text and len(sample.logprobs) == len(sample.top_logprobs) > 0
+        assert generation.usage.prompt_tokens > 0
+    assert generations[3].samples == generations[0].samples
+    missing = teacher.generations_from_output([TeacherRequest.chat("never asked")], output)
+    assert not missing[0].ok and "no line for it" in missing[0].error
+    run(teacher, [])  # closes the teacher's clients

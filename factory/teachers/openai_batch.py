@@ -42,6 +42,11 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 _METADATA_KEY = "stillhouse_submission"
 
 
+def custom_id(cache_key: str) -> str:
+    """A batch line's id: its request's cache key, shortened (a provider allows 64 characters)."""
+    return f"req-{cache_key[:32]}"
+
+
 class BatchState:
     """The submissions of this teacher's cache directory: {submission key: entry}.
 
@@ -84,6 +89,34 @@ class OpenAIBatchTeacher(OpenAITeacher):
         # limits, all submitted, then waited for together.
         return 1 << 30
 
+    # -- files for an offline runner (vLLM's run_batch) -------------------------------
+    def batch_file(self, requests: list[TeacherRequest]) -> bytes:
+        """The provider's batch JSONL for `requests` (one line per distinct request), as
+        uploaded online; also the input of `python -m vllm.entrypoints.openai.run_batch`."""
+        keys = dict.fromkeys(self.cache_key(request) for request in requests)
+        by_key = {self.cache_key(request): request for request in requests}
+        return b"".join(line for lines in self._split([(k, by_key[k]) for k in keys]) for _, _, line in lines)
+
+    def generations_from_output(self, requests: list[TeacherRequest], content: str) -> list[Generation]:
+        """Map an output JSONL (a provider's, or vLLM run_batch's) back to `requests` by custom_id;
+        a request without an answer line comes back failed, as online."""
+        by_line_id = {custom_id(self.cache_key(r)): r for r in requests}
+        answers: dict[str, Generation | str] = {}
+        for line in content.splitlines():
+            if line.strip():
+                row = json.loads(line)
+                request = by_line_id.get(row.get("custom_id"))
+                if request is not None:
+                    answers[row["custom_id"]] = self._line_answer("file", row, request)
+        generations = []
+        for request in requests:
+            answer = answers.get(custom_id(self.cache_key(request)), "not answered: no line for it in the output file")
+            if isinstance(answer, str):
+                generations.append(Generation(request=request, teacher=self.identity, error=answer))
+            else:
+                generations.append(dataclasses.replace(answer, request=request))
+        return generations
+
     # -- one chunk: find or submit its batches, wait, map the lines back --------------
     def _generate_batch(self, requests: list[TeacherRequest]) -> list[Generation]:
         self._prune()
@@ -123,8 +156,8 @@ class OpenAIBatchTeacher(OpenAITeacher):
         """Batch files of at most `max_requests` lines and `max_bytes` bytes: (custom_id, key, line)."""
         files, current, size = [], [], 0
         for key, request in pending:
-            custom_id = f"req-{key[:32]}"
-            line = json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": self._body(request)},
+            line_id = custom_id(key)
+            line = json.dumps({"custom_id": line_id, "method": "POST", "url": ENDPOINT, "body": self._body(request)},
                               separators=(",", ":")).encode() + b"\n"  # fmt: skip
             if len(line) > self.settings.max_bytes:
                 raise TeacherError(
@@ -133,13 +166,13 @@ class OpenAIBatchTeacher(OpenAITeacher):
             if current and (len(current) >= self.settings.max_requests or size + len(line) > self.settings.max_bytes):
                 files.append(current)
                 current, size = [], 0
-            current.append((custom_id, key, line))
+            current.append((line_id, key, line))
             size += len(line)
         return files + ([current] if current else [])
 
     def _submit(self, lines: list[tuple[str, str, bytes]]) -> tuple[str, dict[str, Any]]:
         submission = hashlib.sha256(b"".join(line for _, _, line in lines)).hexdigest()[:32]
-        entry = {"custom_ids": {custom_id: key for custom_id, key, _ in lines}, "batch_id": None}
+        entry = {"custom_ids": {line_id: key for line_id, key, _ in lines}, "batch_id": None}
         # Recorded before sending: killed after the provider took it, a resume finds the
         # batch by this key in its metadata instead of sending it again.
         self.state.entries[submission] = entry
