@@ -43,8 +43,13 @@ def write_config(directory: Path, url: str, **overrides) -> Path:
         "teacher": {"backend": "openai", "model": "fake-model", "base_url": url, "concurrency": 4},
         "prefilter": [
             {"stage": "heuristics", "column": "instruction", "truncated": False, "refusals": False, "min_chars": 10},
-            {"stage": "minhash_dedup", "columns": ["instruction", "input"], "threshold": 0.7, "shingle": "char",
-             "ngram": 5},
+            {
+                "stage": "minhash_dedup",
+                "columns": ["instruction", "input"],
+                "threshold": 0.7,
+                "shingle": "char",
+                "ngram": 5,
+            },
         ],  # fmt: skip
         "tasks": [{"type": "respond", "n": 1, "max_tokens": 8}],
         "curation": [{"stage": "exact_dedup"}, {"stage": "judge", "min_score": None, "max_tokens": 16}],
