@@ -44,6 +44,8 @@ class RateLimiter:
         self._clock = clock
         self._next_request_at = 0.0
         self._next_tokens_at = 0.0
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     def reserve(self, tokens: int) -> float:
         """Claim the next slot for a request of `tokens`; returns seconds to wait for it."""
@@ -59,11 +61,27 @@ class RateLimiter:
         self._next_request_at = max(self._next_request_at, when)
 
     async def acquire(self, tokens: int) -> None:
+        """Wait for this request's slot. Requests go one after another, and the next slot
+        counts from when this one really went (a late wake-up never bunches two together)."""
         if self.rpm is None and self.tpm is None and self._next_request_at <= self._clock():
             return
-        delay = self.reserve(tokens)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        async with self._turn():
+            due = self._clock()
+            delay = self.reserve(tokens)
+            if delay > 0:
+                due += delay
+                await asyncio.sleep(delay)
+            late = self._clock() - due
+            if late > 0:  # woke (or got the turn) late: the slots after it move back as far
+                self._next_request_at += late if self.rpm else 0.0
+                self._next_tokens_at += late if self.tpm else 0.0
+
+    def _turn(self) -> asyncio.Lock:
+        # asyncio primitives belong to one loop; a teacher may serve several in turn.
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
 
     def requests_per_second(self, tokens: int) -> float | None:
         """The steady rate the limits allow for requests of `tokens` each; None: unlimited."""
