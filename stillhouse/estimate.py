@@ -233,7 +233,7 @@ def _judge_step(stage: Any, rows_in: int, rows: list[dict], response_tokens: int
     prompt, completion = _priced([request(row) for row in rows], rows_in, count)
     return StepEstimate(
         f"judge ({stage.rubric})", rows_in, rows_in, prompt + response_tokens * rows_in, completion,
-        "at most one per row",
+        "one per row (+1 per unparsable reply)",
     )  # fmt: skip
 
 

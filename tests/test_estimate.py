@@ -16,6 +16,7 @@ from stillhouse.config import load_run_config
 from stillhouse.estimate import PromptCounter, estimate_run, estimate_vs_actual
 from stillhouse.run import Runner
 
+JUDGE = ("Rate the response", "Fine.\nScore: 7")  # the fake model answers the judge rubric
 SEEDS = [f"Explain in two sentences why parcel number {i} arrived {i % 5 + 1} days late." for i in range(30)]
 
 
@@ -51,7 +52,7 @@ def write_config(directory: Path, url: str, tokenizer: str | None, **teacher) ->
 def test_estimate_counts_task_and_judge_requests_and_matches_the_run(tmp_path, tiny_llama):
     from transformers import AutoTokenizer
 
-    with FakeOpenAIServer(prompt_tokenizer=AutoTokenizer.from_pretrained(tiny_llama)) as server:
+    with FakeOpenAIServer(prompt_tokenizer=AutoTokenizer.from_pretrained(tiny_llama), canned_replies=[JUDGE]) as server:
         config = load_run_config(write_config(tmp_path, server.url, str(tiny_llama)))
         estimate = estimate_run(config)
         assert server.counts["requests"] == 0  # the estimate sends nothing

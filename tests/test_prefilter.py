@@ -18,6 +18,7 @@ from stillhouse.config import load_run_config
 from stillhouse.estimate import estimate_run
 from stillhouse.run import Runner, summary_table
 
+JUDGE = ("Rate the response", "Fine.\nScore: 7")  # the fake model answers the judge rubric
 GOOD = [
     "Write one friendly sentence about our new parcel lockers.",
     "Explain why the sky looks blue at noon and red at dusk.",
@@ -62,7 +63,7 @@ def write_config(directory: Path, url: str, **overrides) -> Path:
 
 
 def test_prefiltered_prompts_are_never_sent_and_are_published_with_their_reason(tmp_path):
-    with FakeOpenAIServer() as server:
+    with FakeOpenAIServer(canned_replies=[JUDGE]) as server:
         config = load_run_config(write_config(tmp_path, server.url))
         estimate = estimate_run(config)
         result = Runner(config, tmp_path / "run.yaml", Console(quiet=True)).execute()
@@ -86,7 +87,7 @@ def test_prefiltered_prompts_are_never_sent_and_are_published_with_their_reason(
 
 
 def test_a_resumed_run_reuses_the_prefilter_step(tmp_path):
-    with FakeOpenAIServer() as server:
+    with FakeOpenAIServer(canned_replies=[JUDGE]) as server:
         path = write_config(tmp_path, server.url)
         Runner(load_run_config(path), path, Console(quiet=True)).execute()
         again = Runner(load_run_config(path), path, Console(quiet=True)).execute()
