@@ -38,7 +38,16 @@ def run_command(
     from stillhouse.estimate import estimate_run, estimate_vs_actual_table
     from stillhouse.run import Runner, evaluation_table, summary_table
 
-    estimate = estimate_run(run_config) if run_config.teacher is not None else None
+    estimate = None
+    if run_config.teacher is not None:
+        from factory.errors import StillhouseError
+
+        try:
+            estimate = estimate_run(run_config)
+        except StillhouseError:
+            raise  # bad input: the run would stop on it too, with the same one line
+        except Exception as error:  # noqa: BLE001 - the estimate is a courtesy, never a reason not to run
+            console.print(f"estimate unavailable ({type(error).__name__}: {str(error)[:160]}); running anyway")
     result = Runner(run_config, config, console).execute()
     if result.evaluation:
         console.print(evaluation_table(result.evaluation))
