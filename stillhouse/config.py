@@ -24,6 +24,9 @@ from stillhouse.executors import ExecutorConfig, LocalExecutorConfig, executor_s
 from stillhouse.yaml_config import load_config
 from trainer.config import TrainConfig
 
+PREFILTER_STAGES = ("heuristics", "exact_dedup", "minhash_dedup", "semantic_dedup")
+PROMPT_COLUMNS = ("instruction", "input")
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -143,6 +146,11 @@ class RunConfig(StrictModel):
     seeds: SeedsConfig
     teacher: TeacherConfig | None = None
     teacher_training: TeacherTrainingConfig | None = None
+    prefilter: list[StageConfig] = Field(
+        default_factory=list,
+        description="Stages run on the prompts before any teacher request (heuristics on instruction/input, "
+        "exact / MinHash / semantic dedup of instruction+input): every row they drop is a request never paid for.",
+    )
     tasks: list[TaskConfig] = Field(default_factory=list)
     curation: list[StageConfig] = Field(default_factory=list)
     publish: PublishConfig
@@ -161,8 +169,39 @@ class RunConfig(StrictModel):
         """What about the teacher changes its answers (not concurrency, limits or budget)."""
         if self.teacher is None:
             return ""
-        operational = {"concurrency", "rpm", "tpm", "max_retries", "timeout_s", "budget", "prices", "cache"}
+        operational = {
+            "concurrency",
+            "max_concurrency",
+            "rpm",
+            "tpm",
+            "max_retries",
+            "timeout_s",
+            "budget",
+            "prices",
+            "cache",
+        }
         return canonical_json(self.teacher.model_dump(mode="json", exclude=operational))
+
+    @field_validator("prefilter")
+    @classmethod
+    def _prefilter_needs_only_the_prompt(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        for index, stage in enumerate(stages):
+            where = f"prefilter[{index}] ({stage.stage})"
+            if stage.stage not in PREFILTER_STAGES:
+                raise ValueError(f"{where}: only {', '.join(PREFILTER_STAGES)} can run before the teacher answers")
+            columns = [stage.column] if stage.stage == "heuristics" else list(stage.columns)
+            answer_columns = [column for column in columns if column not in PROMPT_COLUMNS]
+            if answer_columns:
+                raise ValueError(
+                    f"{where}: looks at {answer_columns}, which the teacher has not written yet; "
+                    f"use {' / '.join(PROMPT_COLUMNS)}"
+                )
+            if stage.stage == "heuristics" and stage.truncated:
+                raise ValueError(f"{where}: `truncated` checks the teacher's answer; set truncated: false")
+        # Named apart from curation stages of the same kind, so the funnel tells them apart.
+        return [
+            stage if stage.name else stage.model_copy(update={"name": f"prefilter_{stage.stage}"}) for stage in stages
+        ]
 
     @model_validator(mode="after")
     def _sections_fit_together(self) -> RunConfig:

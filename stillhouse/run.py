@@ -192,6 +192,32 @@ class Runner:
         self._log(f"seeds: {records.height} records from {seeds.path}")
         return records, fingerprint("seeds", records["id"].to_list())
 
+    def prefilter(self, records: pl.DataFrame, input_fp: str) -> tuple[pl.DataFrame, str]:
+        """The `prefilter:` stages on the prompts, before any teacher request: a row they drop is never sent."""
+        configs = self.config.prefilter
+        if not configs:
+            return records, input_fp
+        step_fp = fingerprint("prefilter", [c.model_dump(mode="json") for c in configs], input_fp)
+
+        def compute(directory: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+            from curation.config import build_stage
+            from curation.pipeline import run_stages
+            from stillhouse.estimate import requests_per_record
+
+            filtered, _ = run_stages(records, [build_stage(c) for c in configs], console=self.console)
+            write_frame_atomic(filtered, directory / OUTPUT)
+            dropped = int(filtered["drop_stage"].is_not_null().sum())
+            saved = dropped * requests_per_record(self.config)
+            self._log(
+                f"prefilter: {dropped} of {records.height} prompts dropped before the teacher: {saved} requests saved"
+            )
+            return filtered, {"rows": filtered.height, "dropped": dropped, "requests_saved": saved}
+
+        def load(directory: Path, entry: dict[str, Any]) -> pl.DataFrame:
+            return pl.read_parquet(directory / OUTPUT)
+
+        return self.step("prefilter", step_fp, compute, load), step_fp
+
     def teacher_training(self) -> None:
         """Build a classifier teacher from labelled examples when the config asks for it."""
         spec = self.config.teacher_training
@@ -424,9 +450,10 @@ class Runner:
         try:
             records, records_fp = self.seeds()
             crash_point("after:seeds")
+            records, records_fp = self.prefilter(records, records_fp)
             self.teacher_training()
             rejected_parts: list[pl.DataFrame] = []
-            task_stage_names: list[str] = []
+            task_stage_names: list[str] = [c.name or c.stage for c in self.config.prefilter]
             for index, task_config in enumerate(self.config.tasks):
                 records, rejected, records_fp = self.task(index, task_config, records, records_fp)
                 task_stage_names.append(task_config.type)
@@ -494,6 +521,13 @@ def summary_table(result: RunResult) -> Table:
         table.add_row("student", str(result.model_dir))
     if result.report is not None:
         table.add_row("report", str(result.report))
+    prefilter = result.state.steps.get("prefilter")
+    if prefilter:
+        table.add_row(
+            "prefilter",
+            f"{prefilter.get('dropped', 0)} prompts dropped before the teacher: "
+            f"{prefilter.get('requests_saved', 0)} requests saved",
+        )
     if result.reused:
         table.add_row("reused", ", ".join(result.reused) + " (done earlier; nothing recomputed)")
     teacher, now = result.state.teacher, result.teacher_this_run
