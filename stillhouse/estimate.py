@@ -287,10 +287,13 @@ def _prefilter(config: RunConfig, records: pl.DataFrame) -> tuple[pl.DataFrame, 
         return records, 0
     from rich.console import Console
 
-    from curation.config import build_stage
     from curation.pipeline import run_stages
+    from curation.stages import build_stage
+    from curation.store import DatasetStore
 
-    filtered, _ = run_stages(records, [build_stage(stage) for stage in stages], console=Console(quiet=True))
+    store = DatasetStore(config.publish.root)  # where `against:` refs resolve, as in the run
+    built = [build_stage(stage, store=store) for stage in stages]
+    filtered, _ = run_stages(records, built, console=Console(quiet=True))
     dropped = int(filtered["drop_stage"].is_not_null().sum()) if "drop_stage" in filtered.columns else 0
     return filtered, dropped
 

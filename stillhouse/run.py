@@ -200,11 +200,12 @@ class Runner:
         step_fp = fingerprint("prefilter", [c.model_dump(mode="json") for c in configs], input_fp)
 
         def compute(directory: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
-            from curation.config import build_stage
             from curation.pipeline import run_stages
+            from curation.stages import build_stage
             from stillhouse.estimate import requests_per_record
 
-            filtered, _ = run_stages(records, [build_stage(c) for c in configs], console=self.console)
+            stages = [build_stage(c, store=self.store) for c in configs]
+            filtered, _ = run_stages(records, stages, console=self.console)
             write_frame_atomic(filtered, directory / OUTPUT)
             dropped = int(filtered["drop_stage"].is_not_null().sum())
             saved = dropped * requests_per_record(self.config)
