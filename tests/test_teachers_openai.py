@@ -207,10 +207,11 @@ def test_unknown_model_is_named(tmp_path):
     assert "\n" not in str(error.value)
 
 
-def test_token_ids_from_the_server(tmp_path):
+def test_token_ids_from_the_server(tmp_path, tiny_llama):
     request = TeacherRequest.chat("ids please", top_logprobs=2, max_tokens=12)
     with FakeOpenAIServer() as server:
-        [generation] = run(build_teacher(config(server, return_token_ids=True), cache_dir=None), [request])
+        cfg = config(server, return_token_ids=True, tokenizer=str(tiny_llama))
+        [generation] = run(build_teacher(cfg, cache_dir=None), [request])
     indices = [i % len(server.vocab) for i in expected_token_indices(request.openai_messages(), 0, 12)]
     sample = generation.samples[0]
     assert generation.token_ids_source == "server"

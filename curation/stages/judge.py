@@ -98,9 +98,9 @@ class _PromptOnlyLLM:
 
     @staticmethod
     def build() -> Any:
-        from distilabel.models.llms.base import LLM
+        from factory.tasks.distilabel_task import import_distilabel
 
-        class PromptOnly(LLM):
+        class PromptOnly(import_distilabel("distilabel.models.llms.base").LLM):
             @property
             def model_name(self) -> str:
                 return "stillhouse-teacher"
@@ -127,8 +127,9 @@ class Judge(Stage):
     @property
     def ultrafeedback(self) -> Any:
         if self._ultrafeedback is None:
-            from distilabel.steps.tasks import UltraFeedback
+            from factory.tasks.distilabel_task import import_distilabel
 
+            UltraFeedback = import_distilabel("distilabel.steps.tasks").UltraFeedback
             self._ultrafeedback = UltraFeedback(aspect=self.config.aspect, llm=_PromptOnlyLLM.build())
             self._ultrafeedback.load()
         return self._ultrafeedback

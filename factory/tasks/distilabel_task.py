@@ -10,21 +10,40 @@ called, since generation never goes through it.
 from __future__ import annotations
 
 import importlib
+import sys
+import warnings
+from types import ModuleType
 from typing import Any
 
 import polars as pl
 
 from factory.errors import ConfigError, SchemaError
 from factory.shards import ShardWriter
-from factory.tasks.base import ShardBuffer, Task, answer_rows, rejected, stable_seed
+from factory.tasks.base import ShardBuffer, Task, answer_rows, failure_reason, rejected, stable_seed
 from factory.tasks.config import DistilabelConfig
 from factory.teachers.base import Generation, Teacher, TeacherRequest
 
 STAGE = "distilabel"
 
 
+def import_distilabel(module: str) -> ModuleType:
+    """Import `module` (distilabel, or one that imports it) without distilabel's side effects.
+
+    distilabel's `__init__` installs rich's traceback handler with `show_locals=True` (about
+    1,200 lines after any error) and its task classes emit pydantic warnings on import;
+    neither may reach a Stillhouse user. Every distilabel import goes through here.
+    """
+    hook = sys.excepthook
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(module)
+    finally:
+        sys.excepthook = hook
+
+
 def _engine_slot_class() -> type:
-    from distilabel.models.llms.base import LLM
+    LLM = import_distilabel("distilabel.models.llms.base").LLM
 
     class EngineSlot(LLM):
         """Placeholder LLM: Stillhouse's teacher generates, so this is never asked to."""
@@ -46,10 +65,10 @@ def load_distilabel_task(path: str, params: dict[str, Any]) -> Any:
     """Import `module.Class`, build it with `params` and load it (templates, prompts)."""
     module_name, _, class_name = path.rpartition(".")
     try:
-        task_class = getattr(importlib.import_module(module_name), class_name)
+        task_class = getattr(import_distilabel(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"task 'distilabel': cannot import {path!r} ({exc})") from None
-    from distilabel.steps.tasks.base import Task as DistilabelTask
+    DistilabelTask = import_distilabel("distilabel.steps.tasks.base").Task
 
     if not (isinstance(task_class, type) and issubclass(task_class, DistilabelTask)):
         raise ConfigError(f"task 'distilabel': {path!r} is not a distilabel Task")
@@ -98,7 +117,7 @@ class DistilabelTaskAdapter(Task):
 
     def answer(self, row: dict[str, Any], generation: Generation) -> dict[str, Any]:
         if not generation.ok or not generation.samples:
-            return rejected(row, STAGE, f"teacher_error: {generation.error or 'no sample'}")
+            return rejected(row, STAGE, failure_reason(generation))
         parsed = self.task.format_output(generation.samples[0].text, self._input(row))
         mapped = {self.config.output_mapping.get(key, key): value for key, value in parsed.items()}
         return {
