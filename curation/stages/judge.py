@@ -127,11 +127,13 @@ class Judge(Stage):
     @property
     def ultrafeedback(self) -> Any:
         if self._ultrafeedback is None:
-            from factory.tasks.distilabel_task import import_distilabel
+            from factory.tasks.distilabel_task import distilabel_quietly
 
-            UltraFeedback = import_distilabel("distilabel.steps.tasks").UltraFeedback
-            self._ultrafeedback = UltraFeedback(aspect=self.config.aspect, llm=_PromptOnlyLLM.build())
-            self._ultrafeedback.load()
+            with distilabel_quietly():
+                from distilabel.steps.tasks import UltraFeedback
+
+                self._ultrafeedback = UltraFeedback(aspect=self.config.aspect, llm=_PromptOnlyLLM.build())
+                self._ultrafeedback.load()
         return self._ultrafeedback
 
     def request(self, instruction: str, input: str, response: str) -> TeacherRequest:

@@ -10,8 +10,11 @@ called, since generation never goes through it.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -26,20 +29,30 @@ from factory.teachers.base import Generation, Teacher, TeacherRequest
 STAGE = "distilabel"
 
 
-def import_distilabel(module: str) -> ModuleType:
-    """Import `module` (distilabel, or one that imports it) without distilabel's side effects.
+@contextmanager
+def distilabel_quietly() -> Iterator[None]:
+    """Import or build distilabel objects without distilabel's side effects on our output.
 
     distilabel's `__init__` installs rich's traceback handler with `show_locals=True` (about
-    1,200 lines after any error) and its task classes emit pydantic warnings on import;
-    neither may reach a Stillhouse user. Every distilabel import goes through here.
+    1,200 lines after any error), its task classes emit pydantic warnings when imported
+    and built, and a step built outside a distilabel Pipeline logs a warning about it (we
+    never use that Pipeline); none may reach a Stillhouse user. Every distilabel import and
+    task construction goes through here.
     """
+    logging.getLogger("distilabel").setLevel(logging.ERROR)
     hook = sys.excepthook
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return importlib.import_module(module)
+            yield
     finally:
         sys.excepthook = hook
+
+
+def import_distilabel(module: str) -> ModuleType:
+    """`importlib.import_module(module)` inside `distilabel_quietly`."""
+    with distilabel_quietly():
+        return importlib.import_module(module)
 
 
 def _engine_slot_class() -> type:
@@ -72,11 +85,12 @@ def load_distilabel_task(path: str, params: dict[str, Any]) -> Any:
 
     if not (isinstance(task_class, type) and issubclass(task_class, DistilabelTask)):
         raise ConfigError(f"task 'distilabel': {path!r} is not a distilabel Task")
-    try:
-        task = task_class(llm=_engine_slot_class()(), **params)
-    except Exception as exc:  # pydantic validation of the task's own fields
-        raise ConfigError(f"task 'distilabel': {path} rejects params {sorted(params)}: {exc}") from None
-    task.load()
+    with distilabel_quietly():
+        try:
+            task = task_class(llm=_engine_slot_class()(), **params)
+        except Exception as exc:  # pydantic validation of the task's own fields
+            raise ConfigError(f"task 'distilabel': {path} rejects params {sorted(params)}: {exc}") from None
+        task.load()
     return task
 
 
