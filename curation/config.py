@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from curation.stages.base import Stage
+    from factory.aio import EventLoop
     from factory.teachers.base import Teacher
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -173,13 +174,13 @@ StageConfig = Annotated[
 ]
 
 
-def build_stage(config: StageConfig, teacher: Teacher | None = None) -> Stage:
-    """The stage a config describes; the judge needs a `teacher`."""
+def build_stage(config: StageConfig, teacher: Teacher | None = None, loop: EventLoop | None = None) -> Stage:
+    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`)."""
     from curation.stages import STAGES
     from factory.errors import ConfigError
 
     if config.stage == "judge":
         if teacher is None:
             raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
-        return STAGES["judge"](config, teacher)
+        return STAGES["judge"](config, teacher, loop)
     return STAGES[config.stage](config)

@@ -9,17 +9,15 @@ and counted in the stage notes: it gets no score and is not dropped as low quali
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import re
-from collections.abc import Coroutine
 from typing import Any
 
 import polars as pl
 
 from curation.config import JudgeConfig
 from curation.stages.base import Stage, active, progress
+from factory.aio import EventLoop, default_loop
 from factory.teachers.base import Generation, Teacher, TeacherRequest
 
 SYSTEM = "You are a careful, strict evaluator of answers written by an AI assistant."
@@ -83,16 +81,6 @@ def _in_range(score: float, rationale: str | None, low: float, high: float, repl
     return score, rationale, None
 
 
-def run_sync(coroutine: Coroutine) -> Any:
-    """Run a coroutine from sync code, also when the caller is already inside an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 class _PromptOnlyLLM:
     """distilabel tasks need an `llm` to exist; ours only renders prompts and parses replies."""
 
@@ -112,11 +100,14 @@ class _PromptOnlyLLM:
 
 
 class Judge(Stage):
-    def __init__(self, config: JudgeConfig | None, teacher: Teacher) -> None:
+    def __init__(self, config: JudgeConfig | None, teacher: Teacher, loop: EventLoop | None = None) -> None:
         super().__init__()
         self.config = config or JudgeConfig()
         self.name = self.config.name or "judge"
         self.teacher = teacher
+        # The loop the teacher's connections live on: the run's, else the process-wide one.
+        # Close the teacher on the same loop (`loop.run(teacher.close())`).
+        self.loop = loop or default_loop()
         self._ultrafeedback = None
         self.scale = self.config.scale
 
@@ -165,7 +156,7 @@ class Judge(Stage):
         requests = [
             self.request(i, n or "", r) for i, n, r in zip(todo["instruction"], todo["input"], todo["response"])
         ]
-        generations = run_sync(self._generate(requests))
+        generations = self.loop.run(self._generate(requests))
         parsed = [self.parse(g) for g in generations]
         results = pl.DataFrame(
             {
