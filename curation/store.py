@@ -229,12 +229,15 @@ class DatasetStore:
         label_set: list[str] | None = None,
         description: str = "",
         extra_files: dict[str, bytes] | None = None,
+        teacher: dict[str, int] | None = None,
     ) -> DatasetVersion:
         """Publish a curated frame as the next version of `name`.
 
         Rows with a null `drop_stage` go to data.parquet, the others to rejected.parquet.
         `funnel` defaults to one derived from the drop columns. `config` is stored with
-        secrets redacted. Returns the new, verified version.
+        secrets redacted. `teacher`: the requests the steps behind this data left unanswered
+        (failed, not issued) and kept samples without token ids, shown on the card.
+        Returns the new, verified version.
         """
         if not NAME_PATTERN.match(name):
             raise StoreError(f"invalid dataset name '{name}' (letters, digits, '.', '_', '-'; no '@' or '/')")
@@ -265,6 +268,7 @@ class DatasetStore:
                 "rows": {"kept": kept.num_rows, "rejected": rejected.num_rows, "total": table.num_rows},
                 "funnel": funnel,
                 "label_set": label_set,
+                "teacher": teacher,
                 "columns": {field.name: str(field.type) for field in table.schema},
             }
             with self._locked(name):
@@ -309,6 +313,13 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         f"- rows: {rows['kept']} kept, {rows['rejected']} rejected ({rows['total']} total)",
         f"- stillhouse {code['stillhouse']} (commit {code['git_commit'] or 'unknown'})",
     ]
+    teacher = manifest.get("teacher")
+    if teacher:
+        lines.append(
+            f"- teacher: {teacher['failed_requests']} requests failed and {teacher['not_issued_requests']} were not "
+            f"issued (their rows are rejected as teacher_error / not_issued); "
+            f"{teacher['kept_samples_without_token_ids']} kept samples without token ids"
+        )
     if manifest.get("label_set"):
         lines.append(f"- label set ({len(manifest['label_set'])}): {', '.join(manifest['label_set'])}")
     lines += ["", "## Funnel", "", "| stage | rows in | dropped | rows out |", "|---|---|---|---|"]
