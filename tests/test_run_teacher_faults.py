@@ -93,3 +93,12 @@ def test_a_dead_teacher_names_its_status_in_one_line_and_leaves_latest_alone(tmp
     assert "Traceback" not in err and code == 1 and line.startswith("error: task-0-respond: the teacher answered none of 24 request(s)")
     assert "last error: failed after 1 attempt(s): 500 from server" in line
     assert store.versions("resume") == [1] and store.resolve("resume@latest").ref == "resume@v1"
+
+
+def test_a_server_sending_ids_for_a_tokenizer_not_here_is_refused_before_the_first_request(tmp_path):
+    with FakeOpenAIServer(owned_by="vllm", root="/models/Qwen2.5-7B-Instruct") as server:
+        code, out, err = stillhouse(write_config(tmp_path, server.url))
+        assert server.counts["requests"] == 0
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and "set teacher.tokenizer" in line and "/models/Qwen2.5-7B-Instruct" in line
+    assert not (tmp_path / "datasets").exists()
