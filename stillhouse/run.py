@@ -81,6 +81,7 @@ class Runner:
         self.loop = EventLoop()
         self._teacher = None
         self.reused: list[str] = []  # steps this attempt took from earlier work
+        self._teacher_described = False
         self.teacher_this_run: dict[str, Any] = {}
 
     # -- helpers ----------------------------------------------------------------
@@ -153,6 +154,9 @@ class Runner:
             self.state.fail(name, error)
             raise
         crash_point(f"before-save:{name}")
+        if self._teacher is not None and not self._teacher_described and self._teacher.describe():
+            self._log(self._teacher.describe())
+            self._teacher_described = True
         counters = facts.get("teacher", {})
         unanswered = counters.get("failed", 0) + counters.get("not_issued", 0)
         self.state.finish(name, status="partial" if unanswered else "done", **facts)

@@ -86,6 +86,10 @@ class ManagedTeacher(Teacher):
     def _generate_batch(self, requests: list[TeacherRequest]) -> list[Generation]:
         raise NotImplementedError(f"{type(self).__name__} implements neither _generate_one nor _generate_batch")
 
+    def describe(self) -> str | None:
+        """One line on where token ids come from, once the teacher has been used (None: nothing to say)."""
+        return None
+
     def cache_key(self, request: TeacherRequest) -> str:
         key = request.cache_key(self.identity)
         salt = self.cache_salt

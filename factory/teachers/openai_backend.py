@@ -149,6 +149,21 @@ class OpenAITeacher(ManagedTeacher):
                 )
         self._set_cache_salt()
 
+    def describe(self) -> str | None:
+        if not self._prepared:
+            return None
+        server = {"vllm": "vLLM", "llamacpp": "llama.cpp"}.get(self.server_kind or "", "server")
+        if self._ask_for_ids or self.server_kind == "llamacpp":
+            ids = "token ids from the server"
+        elif self._token_index is not None:
+            ids = "token ids recovered from token bytes with the tokenizer"
+        else:
+            ids = "no token ids (set teacher.tokenizer to recover them): samples keep text and logprobs"
+        hashed = f", tokenizer {self.identity.tokenizer} (hash {self.identity.tokenizer_hash})"
+        return f"teacher: {server} at {self.base_url} serving {self.config.model!r}: {ids}" + (
+            hashed if self.identity.tokenizer_hash else ""
+        )
+
     async def _list_models(self) -> list:
         """The server's `GET /models` listing; [] when it has none (the completions still decide)."""
         try:
