@@ -167,7 +167,7 @@ def test_the_generative_path_on_a_real_vllm_server(tmp_path, vllm_server, argill
     # Token-level KD trained a student on the version (ids + top-k + matching tokenizer hash).
     state = json.loads((tmp_path / "runs" / "e2e" / "state.json").read_text())
     assert state["status"] == "finished" and state["steps"]["train"]["status"] == "done"
-    assert Path(state["steps"]["train"]["model_dir"]).is_dir()
+    assert (tmp_path / state["steps"]["train"]["model_dir"]).is_dir()  # relative to the run's directory
 
 
 def test_sigkill_mid_respond_then_the_same_command_resends_nothing_answered(tmp_path, vllm_server):
