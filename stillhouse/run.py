@@ -268,7 +268,7 @@ class Runner:
 
             needs_teacher = any(c.stage == "judge" for c in configs)
             teacher = self.teacher if needs_teacher else None
-            stages = [build_stage(c, teacher=teacher, loop=self.loop) for c in configs]
+            stages = [build_stage(c, teacher=teacher, loop=self.loop, store=self.store) for c in configs]
             curated, _ = run_stages(frame, stages, console=self.console, earlier_stages=task_stages)
             write_frame_atomic(curated, directory / OUTPUT)
             return curated, {"rows": curated.height}
