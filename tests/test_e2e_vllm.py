@@ -109,7 +109,8 @@ def test_the_generative_path_on_a_real_vllm_server(tmp_path, vllm_server, argill
             {"stage": "semantic_dedup", "threshold": 0.98},
             {"stage": "consistency", "mode": "open", "min_consistency": None},
             {"stage": "entropy", "max_quantile": 0.95},
-            {"stage": "judge", "min_score": None, "max_tokens": 16, "batch_size": 8},  # a random model: score only
+            {"stage": "judge", "min_score": None, "max_tokens": 16, "batch_size": 8,
+             "on_unparsable": "keep", "allow_unparsable": True},  # a random model scores nothing
         ],
         "publish": {"name": "e2e"},
         "review": {"api_url": argilla_server.api_url, "workspace": argilla_server.workspace, "min_rows": 2,

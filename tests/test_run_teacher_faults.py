@@ -90,7 +90,8 @@ def test_a_dead_teacher_names_its_status_in_one_line_and_leaves_latest_alone(tmp
     with FakeOpenAIServer(fault_rate=1.0, faults=("500",)) as dead:
         code, out, err = stillhouse(write_config(tmp_path, dead.url))
     [line] = [line for line in err.splitlines() if line.startswith("error:")]  # the rest is progress bars
-    assert "Traceback" not in err and code == 1 and line.startswith("error: task-0-respond: the teacher answered none of 24 request(s)")
+    assert "Traceback" not in err and code == 1
+    assert line.startswith("error: task-0-respond: the teacher answered none of 24 request(s)")
     assert "last error: failed after 1 attempt(s): 500 from server" in line
     assert store.versions("resume") == [1] and store.resolve("resume@latest").ref == "resume@v1"
 
