@@ -107,7 +107,7 @@ def test_the_generative_path_on_a_real_vllm_server(tmp_path, vllm_server, argill
             {"stage": "exact_dedup"},
             {"stage": "minhash_dedup", "threshold": 0.8},
             {"stage": "semantic_dedup", "threshold": 0.98},
-            {"stage": "consistency", "mode": "open", "min_consistency": None},
+            {"stage": "consistency", "mode": "open", "min_similarity": None},  # score only
             {"stage": "entropy", "max_quantile": 0.95},
             {"stage": "judge", "min_score": None, "max_tokens": 16, "batch_size": 8,
              "on_unparsable": "keep", "allow_unparsable": True},  # a random model scores nothing
@@ -123,6 +123,9 @@ def test_the_generative_path_on_a_real_vllm_server(tmp_path, vllm_server, argill
     assert code == 0, (err + out)[-4000:]  # the first run succeeds: judge over real HTTP, one event loop
     assert "Event loop is closed" not in err + out and "Traceback" not in err
     assert vllm_server.completions_served() > posts_before
+    assert f"teacher: vLLM at {vllm_server.url} serving {vllm_server.model!r}: token ids from the server" in " ".join(
+        out.split()
+    )
 
     store = DatasetStore(tmp_path / "datasets_out")
     version = store.resolve("e2e@latest")
