@@ -131,15 +131,20 @@ def test_the_generative_path_on_a_real_vllm_server(tmp_path, vllm_server, argill
     version = store.resolve("e2e@latest")
     everything = version.read_all()
     assert everything.filter(pl.col("origin").str.starts_with("evol:")).height > 0
-    # Token ids and top-k ids at (nearly) every sampled position, a tokenizer hash on every answered row.
+    # Token ids at (nearly) every sampled position, top-k ids wherever top-k logprobs were asked for,
+    # and a tokenizer hash on every answered row.
     answered = everything.filter(pl.col("samples").list.len() > 0)
-    positions = with_ids = 0
+    positions = with_ids = top_positions = with_top_ids = 0
     for samples in answered["samples"].to_list():
         for sample in samples:
             positions += len(sample["logprobs"])
-            if len(sample["token_ids"]) == len(sample["logprobs"]):
-                with_ids += sum(len(top) > 0 for top in sample["top_ids"])
+            with_ids += len(sample["logprobs"]) if len(sample["token_ids"]) == len(sample["logprobs"]) else 0
+            tops = [len(top) for top in sample["top_logprobs"] if top]
+            top_ids = [len(ids) for ids in sample["top_ids"] if ids]
+            top_positions += len(tops)
+            with_top_ids += sum(a == b for a, b in zip(tops, top_ids)) if len(top_ids) == len(tops) else 0
     assert positions > 0 and with_ids >= 0.99 * positions, (with_ids, positions)
+    assert top_positions > 0 and with_top_ids >= 0.99 * top_positions, (with_top_ids, top_positions)
     from transformers import AutoTokenizer
 
     expected = tokenizer_hash(AutoTokenizer.from_pretrained(tiny_llama, local_files_only=True))
