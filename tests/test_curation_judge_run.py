@@ -13,6 +13,7 @@ from curation.store import DatasetStore
 
 SEEDS = [f"Write one short sentence about topic {i}." for i in range(6)]
 
+
 def write_config(directory: Path, url: str, **judge: object) -> Path:
     (directory / "seeds.jsonl").write_text("".join(json.dumps({"prompt": text}) + "\n" for text in SEEDS))
     config = {
