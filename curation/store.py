@@ -402,6 +402,7 @@ class DatasetStore:
         description: str = "",
         extra_files: dict[str, bytes] | None = None,
         key: str | None = None,
+        teacher: dict[str, int] | None = None,
     ) -> DatasetVersion:
         """Publish a curated frame as the next version of `name`.
 
@@ -409,7 +410,9 @@ class DatasetStore:
         `funnel` defaults to one derived from the drop columns. `config` is stored with
         secrets redacted. `key` makes the publish idempotent: when a version of `name`
         was already published with the same key (checked under the lock), that version is
-        returned and nothing new is written. Returns the new, verified version.
+        returned and nothing new is written. `teacher`: the requests the steps behind this
+        data left unanswered (failed, not issued) and kept samples without token ids, shown
+        on the card. Returns the new, verified version.
         """
         if not NAME_PATTERN.match(name):
             raise StoreError(f"invalid dataset name '{name}' (letters, digits, '.', '_', '-'; no '@' or '/')")
@@ -431,6 +434,7 @@ class DatasetStore:
             "rows": {"kept": kept.num_rows, "rejected": rejected.num_rows, "total": table.num_rows},
             "funnel": funnel,
             "label_set": label_set,
+            "teacher": teacher,
             "columns": {field.name: str(field.type) for field in table.schema},
         }
         parts = {DATA_FILE: kept, REJECTED_FILE: rejected}
@@ -590,6 +594,13 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         f"- rows: {rows['kept']} kept, {rows['rejected']} rejected ({rows['total']} total)",
         f"- stillhouse {code['stillhouse']} (commit {code['git_commit'] or 'unknown'})",
     ]
+    teacher = manifest.get("teacher")
+    if teacher:
+        lines.append(
+            f"- teacher: {teacher['failed_requests']} requests failed and {teacher['not_issued_requests']} were not "
+            f"issued (their rows are rejected as teacher_error / not_issued); "
+            f"{teacher['kept_samples_without_token_ids']} kept samples without token ids"
+        )
     if manifest.get("label_set"):
         lines.append(f"- label set ({len(manifest['label_set'])}): {', '.join(manifest['label_set'])}")
     lines += ["", "## Funnel", "", "| stage | rows in | dropped | rows out |", "|---|---|---|---|"]
