@@ -36,7 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from curation.funnel import Funnel, funnel_from_frame, funnel_table_rows
 from factory.atomic import fsync_path
-from factory.errors import StillhouseError, name_os_error
+from factory.errors import MACHINE_FAULT_ERRNOS, StillhouseError, name_os_error
 from factory.schema import SCHEMA_VERSION, conform, with_label_metadata
 from factory.secrets import redact_secrets
 from factory.storage import as_location, filesystem, is_local, join
@@ -247,6 +247,9 @@ class DatasetStore:
         except (StillhouseError, FileNotFoundError):
             raise
         except OSError as exc:
+            if self.local and exc.errno in MACHINE_FAULT_ERRNOS:
+                name_os_error(exc, self._base)
+                raise  # the CLI names the path and what to do about the machine
             raise StoreError(f"{what} in {self.root}: {exc}") from None
         except Exception as exc:
             if self.local:
