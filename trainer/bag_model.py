@@ -108,9 +108,13 @@ class BagClassifier:
         return sum(p.numel() for p in self.net.parameters())
 
     @torch.inference_mode()
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """Raw class logits [len(texts), labels] (before the calibration temperature)."""
         self.net.eval()
-        logits = self.net(self.featurizer.batch(texts))
+        return self.net(self.featurizer.batch(texts)).numpy()
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        logits = torch.from_numpy(self.logits(texts))
         return torch.softmax(logits / self.temperature, dim=-1).numpy()
 
     def save_pretrained(self, directory: Path | str) -> Path:
