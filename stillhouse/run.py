@@ -124,6 +124,7 @@ class Runner:
             Path(output),
             epochs=spec.epochs,
             seed=spec.seed,
+            finetune=spec.finetune,
         )
         self.state.finish(step, examples=examples.height, output=str(output))
 
