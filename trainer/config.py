@@ -40,7 +40,24 @@ class HashedBagStudent(BaseModel):
     )
 
 
-StudentConfig = Annotated[Union[CausalLMStudent, HashedBagStudent], Field(discriminator="type")]
+class StaticEmbeddingStudent(BaseModel):
+    """Token embeddings distilled from the teacher's own encoder (Model2Vec-style), averaged, one linear layer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["static_embedding"] = "static_embedding"
+    encoder: Path | None = Field(
+        None,
+        description="Sentence encoder (or encoder_head teacher directory) to distill the token vectors from "
+        "[default: the encoder of the classifier teacher that labelled the dataset, else the offline MiniLM].",
+    )
+    dim: int = Field(256, ge=2, description="Embedding width (PCA of the encoder's token vectors).")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Rows held out to fit the calibration temperature (0: no calibration)."
+    )
+
+
+StudentConfig = Annotated[Union[CausalLMStudent, HashedBagStudent, StaticEmbeddingStudent], Field(discriminator="type")]
 
 
 class TrainConfig(BaseModel):

@@ -135,13 +135,13 @@ def model_directory(path: Path | str) -> Path:
 
 
 def load_predictor(directory: Path | str) -> Predictor:
-    """A Stillhouse student directory (config.json model_type stillhouse_hashed_bag) or a classifier teacher dir."""
-    from trainer.bag_model import MODEL_TYPE, BagClassifier
+    """A Stillhouse student directory (config.json model_type hashed or static bag) or a classifier teacher dir."""
+    from trainer.bag_model import MODEL_TYPES, BagClassifier
 
     directory = model_directory(directory)
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    if config.get("model_type") == MODEL_TYPE:
+    if config.get("model_type") in MODEL_TYPES:
         return BagClassifier.from_pretrained(directory)
     if (directory / "encoder_head.json").is_file() or any(
         name.endswith("ForSequenceClassification") for name in config.get("architectures") or []
