@@ -145,15 +145,23 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
             description=f"classifier {'KD' if config.alpha > 0 else 'CE'}",
             max_grad_norm=0.0,
         )
+    held_out = {}
     if val_rows:
         with torch.inference_mode():
-            model.temperature = fit_temperature(model.net(ids_for(val_rows)), hard[val_rows])
+            val_logits = model.net(ids_for(val_rows))
+        model.temperature = fit_temperature(val_logits, hard[val_rows])
+        # how well the student follows the dataset's labels on rows it never saw (for choosing knobs)
+        held_out = {
+            "agreement": float((val_logits.argmax(-1) == hard[val_rows]).float().mean()),
+            "nll": float(torch.nn.functional.cross_entropy(val_logits / model.temperature, hard[val_rows])),
+        }
     model.save_pretrained(model_dir)
     model.export_onnx(model_dir / "model.onnx", check_texts=list(frame["text"].head(8)))
     details = {
         "labels": labels,
         "rows": {"train": len(train_rows), "calibration": len(val_rows)},
         "calibration_temperature": model.temperature,
+        "held_out": held_out,
         "num_parameters": model.num_parameters,
         "student_type": student.type,
         "distilled_from": distilled_from,
