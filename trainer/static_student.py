@@ -92,13 +92,15 @@ def _cache_file(encoder_path: Path, dim: int) -> Path:
 
 def distill_token_embeddings(encoder_path: Path, dim: int, batch_size: int = 1024) -> tuple[Any, np.ndarray]:
     """(tokenizer, vectors [vocab + 1, width]): row 0 is padding, row id + 1 the vector of token id."""
+    from transformers import AutoTokenizer
+
     from factory.teachers.classifier import load_encoder
 
+    cache = _cache_file(Path(encoder_path), dim)
+    if cache.is_file():  # the tokenizer alone: no need to import sentence-transformers (~10 s) or load weights
+        return AutoTokenizer.from_pretrained(str(encoder_path)), np.load(cache)
     encoder = load_encoder(encoder_path)
     tokenizer = encoder.tokenizer
-    cache = _cache_file(Path(encoder_path), dim)
-    if cache.is_file():
-        return tokenizer, np.load(cache)
     vocab = len(tokenizer)
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     vectors = []
