@@ -117,7 +117,7 @@ def train_encoder_head(
     `head`: a linear head on frozen sentence embeddings (multinomial logistic regression,
     AdamW, `epochs` passes). `full`: that head first, then the encoder and head together
     for up to `encoder_epochs` (linear warm-up and decay), keeping the epoch with the best
-    accuracy on a held-out split of the training rows and stopping once it stops rising;
+    accuracy on a held-out split of the training rows, stopping after two epochs without a new best;
     the fine-tuned encoder is saved inside `out_dir/encoder`. `auto`: full from
     FULL_FINETUNE_MIN_EXAMPLES examples on. With enough rows a held-out split also fits
     the calibration temperature (encoder_head.json `calibration_temperature`), which the
@@ -222,8 +222,12 @@ def _finetune_encoder(
     epochs: int,
     learning_rate: float,
     batch_size: int,
+    patience: int = 1,
 ) -> list[dict[str, float]]:
-    """Encoder + head end to end on cross-entropy; keeps the epoch with the best held-out accuracy."""
+    """Encoder + head end to end on cross-entropy; keeps the epoch with the best held-out accuracy.
+
+    Stops after `patience` + 1 epochs without a new best: the first epoch at the peak
+    learning rate often dips below the linear-probe start before it climbs past it."""
     import copy
 
     import torch
@@ -245,7 +249,7 @@ def _finetune_encoder(
 
     best = accuracy() if held_rows else 0.0
     best_state = copy.deepcopy((encoder.state_dict(), head.state_dict()))
-    history, step = [{"epoch": 0, "held_out_accuracy": best}], 0
+    history, step, stale = [{"epoch": 0, "held_out_accuracy": best}], 0, 0
     for epoch in range(1, epochs + 1):
         encoder.train()
         for batch in length_batches(lengths, batch_size, generator):
@@ -269,9 +273,11 @@ def _finetune_encoder(
         current = accuracy()
         history.append({"epoch": epoch, "held_out_accuracy": current})
         if current > best:
-            best, best_state = current, copy.deepcopy((encoder.state_dict(), head.state_dict()))
-        else:  # early stopping: the held-out accuracy stopped rising
-            break
+            best, best_state, stale = current, copy.deepcopy((encoder.state_dict(), head.state_dict())), 0
+        else:
+            stale += 1
+            if stale > patience:  # early stopping: the held-out accuracy stopped rising
+                break
     encoder.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
     encoder.eval()
