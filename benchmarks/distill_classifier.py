@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None, help="[default: by suffix]")
-    parser.add_argument("--no-header", action="store_true", help="CSV/TSV without a header (columns column_0, column_1, ...)")
+    parser.add_argument("--no-header", action="store_true", help="no header row (columns column_0, ...)")
     parser.add_argument("--pool", type=Path, default=None, help="unlabelled texts the teacher labels too")
     parser.add_argument("--quick", action="store_true", help="at most 2,000 train / 800 test texts, 1 seed")
     parser.add_argument("--train-limit", type=int, default=None, help="sample this many train texts")
