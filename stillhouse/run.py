@@ -261,6 +261,7 @@ class Runner:
                 output,
                 epochs=spec.epochs,
                 seed=spec.seed,
+                finetune=spec.finetune,
             )
             return None, {"examples": examples.height, "output": str(output)}
 
