@@ -423,6 +423,15 @@ class DatasetStore:
             parent = self.resolve(parent, verify=False).ref  # canonical name@vN, and it must exist
         table = with_label_metadata(conform(frame), label_set)  # trainers see the label order in the files
         whole = pl.from_arrow(table)
+        if label_set:  # a version readers would refuse is never written
+            unknown = whole.with_row_index("_row").filter(
+                pl.col("label").is_not_null() & ~pl.col("label").is_in(list(label_set))
+            )
+            if unknown.height:
+                row, label = unknown["_row"][0], unknown["label"][0]
+                raise StoreError(
+                    f"cannot publish '{name}': row {row} has label '{label}', which is not in the label_set"
+                )
         kept_mask = table.column("drop_stage").is_null()
         kept, rejected = table.filter(kept_mask), table.filter(pa.compute.invert(kept_mask))
         funnel = funnel if funnel is not None else funnel_from_frame(whole)

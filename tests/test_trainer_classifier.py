@@ -169,9 +169,10 @@ def test_unknown_label_is_refused_naming_the_row(tmp_path):
             "label": ["card_lost", "weather"],
         }
     )
-    DatasetStore(root).publish("tickets", frame, label_set=LABELS)
-    with pytest.raises(StillhouseError, match="row 1 .*'weather' is not in the label_set"):
-        train(small_config(root, tmp_path / "run", alpha=0.0))
+    # Refused when published: a version its readers (the trainer first) would refuse is never written.
+    with pytest.raises(StillhouseError, match="row 1 has label 'weather', which is not in the label_set"):
+        DatasetStore(root).publish("tickets", frame, label_set=LABELS)
+    assert not root.exists() or not DatasetStore(root).names()
 
 
 def test_ece_matches_hand_computed_example():
