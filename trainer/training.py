@@ -70,5 +70,6 @@ def train(config: TrainConfig) -> TrainResult:
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **details,
     }
-    (model_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    if loop.is_main:  # with several processes, the first one writes
+        (model_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
     return TrainResult(model_dir, version.ref, manifest_sha256, loop.steps, loop.losses, loop.resumed_from, details)
