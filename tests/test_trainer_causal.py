@@ -102,12 +102,12 @@ def kd_store(tiny_llama, tmp_path_factory) -> Path:
     return root
 
 
-def causal_config(root: Path, student: Path, out: Path, **overrides) -> TrainConfig:
+def causal_config(root: Path, student_dir: Path, out: Path, **overrides) -> TrainConfig:
     values = dict(
         dataset="gen@v1",
         store_root=root,
         objective="token_kd",
-        student=CausalLMStudent(path=str(student), max_length=128),
+        student=CausalLMStudent(path=str(student_dir), max_length=128),
         output_dir=out,
         lr=3e-3,
         epochs=8,
