@@ -28,6 +28,8 @@ def train_command(
     if updates:
         config = config.model_copy(update=updates)
     result = train(config)
+    if not result.is_main:  # under accelerate / torchrun the first process reports
+        return
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     console.print(f"trained on {result.dataset_ref}: {result.steps} steps{resumed}{loss}")
