@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class LoopResult:
     losses: list[float] = field(default_factory=list)  # one per step run in this process
     resumed_from: int | None = None
     is_main: bool = True  # the process that writes the model and provenance
+    seconds: float = 0.0  # wall time of the steps (no loading, no saving)
 
     @property
     def final_loss(self) -> float | None:
@@ -220,6 +222,7 @@ def run_loop(
     ]
     columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     model.train()
+    started = time.perf_counter()
     with Progress(*columns, disable=not processes.is_main) as progress:
         task = progress.add_task(description, total=total_steps, completed=step, loss="-")
         while step < total_steps:
@@ -255,5 +258,6 @@ def run_loop(
                         save_checkpoint(output_dir, step, processes.unwrap(model), optimizer, fingerprint, scaler)
                     processes.wait()
     result.steps = step
+    result.seconds = time.perf_counter() - started
     model.eval()
     return result

@@ -70,6 +70,7 @@ def train(config: TrainConfig) -> TrainResult:
         "resumed_from": loop.resumed_from,
         "final_loss": loop.final_loss,
         "losses": loop.losses,
+        "train_seconds": round(loop.seconds, 3),
         "code_version": code_version(),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **details,
