@@ -4,7 +4,7 @@
 
 Side by side in one run, on a small Llama built here (byte-level BPE trained on the rows,
 vocab ~8k, hidden 256, 4 layers) and the 1,000 Alpaca rows of ../shared/data/alpaca:
-- throughput: `stillhouse train` (objective sft) and TRL's SFTTrainer (prompt-completion
+- throughput: `stillhouse train` (objective sft) and TRL's SFTTrainer, in alternating rounds (prompt-completion
   rows, loss on the completion, as ours) with the same rows, chat template, batch, maximum
   length, learning rate, threads and number of steps. Tokens/s = steps x batch x mean
   example length / the wall time of the steps (model loading and data preparation excluded
@@ -219,18 +219,29 @@ def main() -> None:
     from curation.store import DatasetStore
 
     count = len(DatasetStore(work / "store-sft").resolve("bench").read(columns=["id"]))
-    steps = 20 if args.quick else count // BATCH
+    steps = 20 if args.quick else count // BATCH // 4 * 4
     print(f"{count} rows, batch {BATCH}, max length {MAX_LENGTH}, {steps} steps, {args.threads} threads, "
           f"{args.device} {args.precision}", flush=True)  # fmt: skip
-
-    trl_tps, trl_s = run_trl(work / "store-sft", small, work / "trl", steps, args.threads, args.device, args.precision)
-    ours_tps, ours_s = run_ours(work / "store-sft", small, work / "ours", steps, args.threads, args.device,
-                                args.precision)  # fmt: skip
-    print(f"ours: {ours_tps:,.0f} tokens/s ({ours_s:.1f} s)   TRL SFTTrainer: {trl_tps:,.0f} tokens/s ({trl_s:.1f} s)")
 
     sft_mb = peak_mb("sft", work / "store-kd", big, work / "mem-sft", args.threads)
     kd_mb = peak_mb("token_kd", work / "store-kd", big, work / "mem-kd", args.threads)
     print(f"one step at vocab 32,000: SFT {sft_mb:,.0f} MB peak RSS, token KD (k={TOP_K}) {kd_mb:,.0f} MB")
+
+    # rounds alternate TRL and ours, so a change in the machine's load hits both alike
+    rounds = 2 if args.quick else 4
+    timed = {"ours": [0.0, 0.0], "trl": [0.0, 0.0]}  # tokens, seconds
+    for r in range(rounds):
+        for name, run in [("trl", run_trl), ("ours", run_ours)][:: 1 if r % 2 == 0 else -1]:
+            tps, seconds = run(work / "store-sft", small, work / f"{name}-{r}", steps // rounds, args.threads,
+                               args.device, args.precision)  # fmt: skip
+            timed[name][0] += tps * seconds
+            timed[name][1] += seconds
+            print(f"round {r + 1}/{rounds} {name}: {tps:,.0f} tokens/s ({seconds:.1f} s)", flush=True)
+        so_far = (timed[n][0] / timed[n][1] for n in ("ours", "trl"))
+        print("after round {}: ours {:,.0f} tokens/s, TRL {:,.0f} tokens/s".format(r + 1, *so_far), flush=True)
+    ours_tps, trl_tps = (timed[n][0] / timed[n][1] for n in ("ours", "trl"))
+    print(f"ours: {ours_tps:,.0f} tokens/s   TRL SFTTrainer: {trl_tps:,.0f} tokens/s   ratio {ours_tps / trl_tps:.3f}")
+
     print(
         f"RESULT sft_tokens_per_s={ours_tps:.0f} trl_tokens_per_s={trl_tps:.0f} ratio_vs_trl={ours_tps / trl_tps:.3f} "
         f"kd_step_mb={kd_mb:.0f} sft_step_mb={sft_mb:.0f} kd_vs_sft_memory={kd_mb / sft_mb:.3f}"
