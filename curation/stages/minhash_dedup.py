@@ -1,13 +1,15 @@
-"""MinHash near-duplicates: batched signatures, LSH banding, every candidate verified by true Jaccard.
+"""MinHash near-duplicates: streamed band keys, LSH buckets, every candidate verified by true Jaccard.
 
 LSH only proposes candidates: a pair is a duplicate when the Jaccard similarity of its
 shingle sets, computed exactly, reaches the threshold. Verified pairs are joined into
 clusters by union-find and each cluster keeps its best row under `keep_order` (judge
 score, then consistency, then length by default), not whichever came first.
 
-Signatures use the multiply-shift family h(x) = (a*x + b) >> 32 over 32-bit shingle
-hashes (a odd 64-bit, b 64-bit), evaluated for a whole batch of shingles and all
-permutations in one numpy operation, then reduced per document with `minimum.reduceat`.
+It scales by streaming, as datatrove splits it: documents are sketched a block at a
+time (n-gram hashes with numpy, signatures and band keys in one compiled pass), and
+only each document's band keys (8 bytes x bands) are kept. Buckets are then formed per
+band over those keys alone, and exact shingle sets are built only for the documents
+that landed in a shared bucket.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from curation.against import load_references
 from curation.config import MinHashDedupConfig
+from curation.minhash_kernel import band_keys
 from curation.stages.base import Stage, active, keep_best_of_groups, keep_rank, progress, union_find
-from curation.text import Shingles, joined, shingle
+from curation.store import DatasetStore
+from curation.text import gram_hashes, joined, shingle
 
-EMPTY = np.uint32(0xFFFFFFFF)
+KERNEL = "mshift1"  # names the signature family in cache keys: change it when the hashing changes
 
 
 def lsh_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
@@ -36,49 +41,22 @@ def lsh_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[in
     return best
 
 
-def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
-    b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
-    return a, b
+def band_candidates(keys: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (left, right) pairs of `docs` (left < right) with equal keys in at least one band.
 
-
-def signatures(shingles: Shingles, num_perm: int, seed: int, batch_docs: int = 128, show: bool = True) -> np.ndarray:
-    """(documents, num_perm) uint32 MinHash signatures; a document without shingles is all 0xFFFFFFFF."""
-    a, b = permutations(num_perm, seed)
-    docs = len(shingles)
-    result = np.full((docs, num_perm), EMPTY, dtype=np.uint32)
-    counts = shingles.counts()
-    batches = range(0, docs, batch_docs)
-    for start in progress(batches, total=len(batches), description="minhash signatures") if show else batches:
-        stop = min(start + batch_docs, docs)
-        nonempty = np.flatnonzero(counts[start:stop] > 0) + start
-        if len(nonempty) == 0:
-            continue
-        lo, hi = shingles.offsets[start], shingles.offsets[stop]
-        values = np.multiply.outer(shingles.hashes[lo:hi].astype(np.uint64), a)  # wraps mod 2^64 by design
-        values += b
-        # the hash is the high 32 bits; shifting is monotonic, so shift the minimum rather than every value
-        result[nonempty] = np.minimum.reduceat(values, shingles.offsets[nonempty] - lo, axis=0) >> np.uint64(32)
-    return result
-
-
-def band_candidates(sigs: np.ndarray, docs: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (left, right) pairs of `docs` (left < right) that share all rows of at least one band."""
+    `keys` is (documents, bands); `docs` the rows of it that take part (e.g. non-empty ones).
+    """
     lefts, rights = [], []
-    for band in range(bands):
-        block = sigs[docs, band * rows : (band + 1) * rows].astype(np.uint64)
-        key = np.zeros(len(docs), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for column in range(rows):
-                key = (key ^ block[:, column]) * np.uint64(0x100000001B3)
+    for band in range(keys.shape[1]):
+        key = keys[docs, band]
         order = np.argsort(key, kind="stable")
         sorted_key = key[order]
         run_start = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
         run_size = np.diff(np.r_[run_start, len(docs)])
+        shared = np.repeat(run_size > 1, run_size)  # only buckets of two or more make pairs
+        position = np.flatnonzero(shared)
         # every member pairs with each later member of its bucket
-        position = np.arange(len(docs))
-        later = np.repeat(run_start + run_size, run_size) - position - 1
+        later = (np.repeat(run_start + run_size, run_size) - np.arange(len(docs)) - 1)[position]
         left = np.repeat(position, later)
         step = np.arange(len(left)) - np.repeat(np.cumsum(later) - later, later) + 1
         lefts.append(docs[order[left]])
@@ -87,8 +65,27 @@ def band_candidates(sigs: np.ndarray, docs: np.ndarray, bands: int, rows: int) -
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     left, right = np.concatenate(lefts), np.concatenate(rights)
     low, high = np.minimum(left, right).astype(np.int64), np.maximum(left, right).astype(np.int64)
-    pairs = np.unique(low * (int(sigs.shape[0]) + 1) + high)
-    return pairs // (sigs.shape[0] + 1), pairs % (sigs.shape[0] + 1)
+    pairs = np.unique(low * (int(keys.shape[0]) + 1) + high)
+    return pairs // (keys.shape[0] + 1), pairs % (keys.shape[0] + 1)
+
+
+def shared_band_pairs(left_keys: np.ndarray, right_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (i, j) with row i of `left_keys` and row j of `right_keys` equal in at least one band."""
+    pairs = [
+        pl.DataFrame({"k": left_keys[:, band], "i": np.arange(len(left_keys))})
+        .join(pl.DataFrame({"k": right_keys[:, band], "j": np.arange(len(right_keys))}), on="k")
+        .select("i", "j")
+        for band in range(left_keys.shape[1])
+    ]
+    joined_pairs = pl.concat(pairs).unique().sort("i", "j") if pairs else pl.DataFrame({"i": [], "j": []})
+    return joined_pairs["i"].to_numpy().astype(np.int64), joined_pairs["j"].to_numpy().astype(np.int64)
+
+
+def _live_texts(frame: pl.DataFrame, live: np.ndarray, columns: list[str]) -> pl.Series:
+    """The text of the live rows; the column itself (no copy of a large corpus) when it is all there is."""
+    if len(columns) == 1 and len(live) == frame.height and frame.schema[columns[0]] == pl.String:
+        return frame[columns[0]]  # nulls are read as "" by the shingler
+    return frame[live].select(joined(columns).alias("t"))["t"]
 
 
 class MinHashDedup(Stage):
@@ -96,6 +93,7 @@ class MinHashDedup(Stage):
         super().__init__()
         self.config = config or MinHashDedupConfig()
         self.name = self.config.name or "minhash_dedup"
+        self.reference_store: DatasetStore | None = None  # where `against` refs resolve (default store if None)
         self.show_progress = show_progress
         c = self.config
         if c.bands is None:
@@ -107,20 +105,74 @@ class MinHashDedup(Stage):
     def required_columns(self) -> tuple[str, ...]:
         return ("id", *self.config.columns)
 
+    def sketch(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(texts, bands) LSH band keys, computed a block at a time (the only per-document state kept),
+        and whether each text has any gram at all (an empty one duplicates nothing)."""
+        c = self.config
+        blocks = range(0, len(texts), c.block_docs)
+        if self.show_progress:
+            blocks = progress(blocks, total=len(blocks), description=f"{self.name}: sketching")
+        keys = np.empty((len(texts), self.bands), dtype=np.uint64)
+        has_grams = np.zeros(len(texts), dtype=bool)
+        for start in blocks:
+            grams, offsets = gram_hashes(texts.slice(start, c.block_docs), c.shingle, c.ngram, seed=c.seed)
+            stop = start + len(offsets) - 1
+            keys[start:stop] = band_keys(grams, offsets, self.bands, self.rows, c.seed)
+            has_grams[start:stop] = np.diff(offsets) > 0
+        return keys, has_grams
+
+    def drop_published(self, frame: pl.DataFrame, live: np.ndarray, texts: pl.Series) -> pl.DataFrame:
+        """Drop live rows at jaccard >= threshold to a kept row of an `against` version (exactly verified)."""
+        c = self.config
+        new_keys, new_has = self.sketch(texts)
+        for reference in load_references(c.against, c.columns, self.reference_store):
+            shape = f"{c.shingle}{c.ngram}-{self.bands}x{self.rows}-seed{c.seed}-{'+'.join(c.columns)}"
+            known = reference.cached(f"minhash-{shape}-{KERNEL}", lambda r=reference: self.sketch(r.texts)[0])
+            new, old = shared_band_pairs(new_keys[new_has], known)
+            new = np.flatnonzero(new_has)[new]
+            if not len(new):
+                continue
+            new_rows, new_at = np.unique(new, return_inverse=True)
+            old_rows, old_at = np.unique(old, return_inverse=True)
+            both = pl.concat([texts.gather(new_rows), reference.texts.gather(old_rows)])
+            sets = shingle(both, c.shingle, c.ngram, seed=c.seed)
+            similarity = sets.jaccard(new_at, old_at + len(new_rows))
+            best = pl.DataFrame({"row": new, "old": old, "j": similarity}).filter(pl.col("j") >= c.threshold)
+            best = best.sort("j", descending=True).unique("row", keep="first")
+            rows = live[best["row"].to_numpy()]
+            names = np.full(frame.height, None, dtype=object)
+            names[rows] = reference.row_ref(best["old"].to_numpy()).to_numpy()
+            jaccard = np.zeros(frame.height)
+            jaccard[rows] = np.round(best["j"].to_numpy(), 2)
+            hit = np.zeros(frame.height, dtype=bool)
+            hit[rows] = True
+            reason = pl.format(
+                "near_duplicate: of {} jaccard={}",
+                pl.lit(pl.Series(names, dtype=pl.String)),
+                pl.lit(pl.Series(jaccard)),
+            )
+            frame = self.drop(frame, pl.Series(hit), reason)
+        return frame
+
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         c = self.config
         text = joined(c.columns)
-        # Shingles and signatures for the rows still live only: earlier stages' drops cost nothing.
+        # Only rows still live are sketched: earlier stages' drops cost nothing.
         live = np.flatnonzero(active(frame).to_numpy())
-        position = np.full(frame.height, -1)  # frame row -> index into `sets`
-        position[live] = np.arange(len(live))
-        texts = frame[live].select(text.alias("t"))["t"]
-        sets = shingle(texts, c.shingle, c.ngram, seed=c.seed)
-        sigs = signatures(sets, c.num_perm, c.seed, c.batch_docs, show=self.show_progress)
-        docs = np.flatnonzero(sets.counts() > 0)
-        left, right = band_candidates(sigs, docs, self.bands, self.rows)
-        similarity = sets.jaccard(left, right)
+        texts = _live_texts(frame, live, c.columns)
+        if c.against:
+            frame = self.drop_published(frame, live, texts)
+            still = active(frame).to_numpy()[live]
+            live, texts = live[still], texts.filter(pl.Series(still))
+        keys, has_grams = self.sketch(texts)
+        left, right = band_candidates(keys, np.flatnonzero(has_grams))
+        # Exact shingle sets only for the rows in some candidate pair.
+        members = np.unique(np.concatenate([left, right]))
+        sets = shingle(texts.gather(members), c.shingle, c.ngram, seed=c.seed)
+        similarity = sets.jaccard(np.searchsorted(members, left), np.searchsorted(members, right))
         left, right = live[left], live[right]
+        position = np.full(frame.height, -1)  # frame row -> index into `sets`
+        position[live[members]] = np.arange(len(members))
         verified = similarity >= c.threshold
         self.candidates, self.verified = len(left), int(verified.sum())
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from factory.plugins import check_options, load_plugin, plugin_discriminator
 
 MUTATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "in_breadth")
 Mutation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "in_breadth"]
@@ -33,10 +35,16 @@ class SelfInstructConfig(_TaskConfig):
     rouge_threshold: float = Field(0.7, ge=0.0, le=1.0)
     min_words: int = Field(4, ge=1, description="instructions with fewer words are dropped (paper: <= 3)")
     max_words: int = Field(150, ge=1)
-    instances_per_task: int = Field(2, ge=1)
+    instances_per_task: int = Field(5, ge=1, description="instances asked for per task, one row each (paper: 5)")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.5, gt=0.0, le=1.0)
     max_tokens: int = Field(1024, ge=16)
+    presence_penalty: float = Field(
+        2.0, ge=-2.0, le=2.0, description="instruction generation (paper: 2); openai and vllm teachers"
+    )
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="instruction generation (paper: 0)")
+    instance_presence_penalty: float = Field(1.5, ge=-2.0, le=2.0, description="instance generation (paper: 1.5)")
+    instance_frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="instance generation (paper: 0)")
 
     @model_validator(mode="after")
     def _examples_fit(self) -> SelfInstructConfig:
@@ -107,7 +115,42 @@ class DistilabelConfig(_TaskConfig):
     top_logprobs: int = Field(0, ge=0, le=20)
 
 
+class PluginTaskConfig(_TaskConfig):
+    """A user's own task: `type: mypkg.tasks:MyTask` (a `factory.tasks.base.Task` subclass)
+    or an entry point in `stillhouse.tasks`; every other key is a keyword argument of its
+    constructor."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="Import path (module:Class) or entry-point name of a Task subclass.")
+
+    def task_class(self) -> type:
+        from factory.tasks.base import Task
+
+        return load_plugin(self.type, "task", Task)
+
+    @field_validator("type")
+    @classmethod
+    def _plugin_resolves(cls, reference: str) -> str:
+        from factory.tasks.base import Task
+
+        load_plugin(reference, "task", Task, BUILTIN_TASKS)  # a config error at this key's line
+        return reference
+
+    @model_validator(mode="after")
+    def _plugin_accepts_options(self) -> PluginTaskConfig:
+        check_options(self.task_class(), self.model_extra or {})
+        return self
+
+
+BUILTIN_TASKS = ("self_instruct", "evol_instruct", "respond", "label", "distilabel")
 TaskConfig = Annotated[
-    Union[SelfInstructConfig, EvolInstructConfig, RespondConfig, LabelConfig, DistilabelConfig],
-    Field(discriminator="type"),
+    Union[
+        Annotated[SelfInstructConfig, Tag("self_instruct")],
+        Annotated[EvolInstructConfig, Tag("evol_instruct")],
+        Annotated[RespondConfig, Tag("respond")],
+        Annotated[LabelConfig, Tag("label")],
+        Annotated[DistilabelConfig, Tag("distilabel")],
+        Annotated[PluginTaskConfig, Tag("plugin")],
+    ],
+    Discriminator(plugin_discriminator("type", BUILTIN_TASKS)),
 ]
