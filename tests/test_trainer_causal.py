@@ -231,7 +231,8 @@ def test_kd_targets_match_the_stored_top_k(kd_store, tiny_llama):
 
 
 def test_kd_picks_the_sample_named_by_chosen_sample(kd_store, tiny_student, tmp_path):
-    # with the column, the kept sample is chosen_sample (not a text match); null there means no KD for the row
+    # the kept sample is chosen_sample, not a text match; a review correction (null index, no samples)
+    # means no KD; a null index beside samples (a row written before the column) falls back to the text
     from transformers import AutoTokenizer
 
     from trainer.causal import kd_block
@@ -242,16 +243,18 @@ def test_kd_picks_the_sample_named_by_chosen_sample(kd_store, tiny_student, tmp_
     rows[0]["samples"] = [decoy, rows[0]["samples"][0]]  # the response's text is on both; the kept one is index 1
     for row in rows:
         row["chosen_sample"] = len(row["samples"]) - 1
-    rows[1]["chosen_sample"] = None
+    rows[1].update(chosen_sample=None, samples=None, response="fixed", review={"status": "corrected"})
+    rows[2].update(chosen_sample=None)
     frame = pl.DataFrame(rows).with_columns(pl.col("chosen_sample").cast(pl.Int32))
     store.publish("chosen", frame)
     version = store.resolve("chosen@v1")
     tokenizer = AutoTokenizer.from_pretrained(tiny_student, local_files_only=True)
     table, skipped = kd_block(version, 0, version.read(), tokenizer, max_length=128)
     assert skipped == 1 and len(table) == len(rows) - 1
-    ids, _, _ = table.inputs([0], tokenizer.pad_token_id)
-    _, _, targets, _, _ = table.kd_targets([0], ids)
-    assert targets.tolist() == list(rows[0]["samples"][1]["token_ids"])
+    ids, _, _ = table.inputs([0, 1], tokenizer.pad_token_id)
+    rows_of, _, targets, _, _ = table.kd_targets([0, 1], ids)
+    assert targets[rows_of == 0].tolist() == list(rows[0]["samples"][1]["token_ids"])
+    assert targets[rows_of == 1].tolist() == list(rows[2]["samples"][0]["token_ids"])  # row 1 left out
     result = train(causal_config(kd_store, tiny_student, tmp_path / "run", dataset="chosen@v1", epochs=1))
     assert result.details["skipped_review_corrected"] == 1
 

@@ -249,20 +249,15 @@ def sft_block(version: DatasetVersion, first: int, frame: pl.DataFrame, tokenize
 def _chosen_fields(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     """The KD sample's token_ids / top_ids / top_logprobs per row, and which rows have no KD sample by design.
 
-    With a `chosen_sample` column the kept sample is that index; null there means a reviewer replaced the
-    text. Older versions without the column: the sample whose text is the response, and rows whose
-    samples a review pull cleared (status corrected) have none."""
+    The kept sample is `samples[chosen_sample]`; where the index is null (rows written before the column
+    existed) the sample whose text is the response. Rows a reviewer corrected have none: the teacher's
+    logprobs describe the text the reviewer replaced (a review pull also clears the index and samples)."""
     fields = ["token_ids", "top_ids", "top_logprobs"]
-    if "chosen_sample" in frame.columns:
-        sample = frame.select(pl.col("samples").list.get(pl.col("chosen_sample"), null_on_oob=True).alias("s"))["s"]
-        return pl.DataFrame({f: sample.struct.field(f) for f in fields}), frame["chosen_sample"].is_null()
     chosen = chosen_samples(frame, fields)
-    no_samples = frame["samples"].list.len().fill_null(0) == 0
+    corrected = pl.Series([False] * frame.height)
     if "review" in frame.columns and frame["review"].dtype != pl.Null:
         corrected = frame["review"].struct.field("status").fill_null("") == "corrected"
-    else:
-        corrected = pl.Series([False] * frame.height)
-    return chosen, no_samples & corrected
+    return chosen, corrected
 
 
 def kd_block(
