@@ -52,7 +52,8 @@ RootOption = Annotated[
     Optional[str],  # a str, not a Path: pathlib folds `s3://bucket` into `s3:/bucket`
     typer.Option(
         "--root",
-        help="Dataset store root, a directory or s3://bucket/prefix [default: $STILLHOUSE_DATASETS or ./datasets_out].",
+        help="Dataset store root, a directory or s3://bucket/prefix "
+        "[default: $STILLHOUSE_DATASETS, else $STILLHOUSE_HOME/datasets_out, else ./datasets_out].",
     ),
 ]
 
