@@ -165,10 +165,11 @@ def openai_server(teacher_dir: Path, log: Path, timeout_s: float = 600) -> Itera
 
 
 def stillhouse_run(config: dict[str, Any], path: Path, log: Path) -> None:
-    """`stillhouse run CONFIG` in a subprocess (the CLI entry point, this checkout's code)."""
+    """`stillhouse run CONFIG` in a subprocess: the CLI entry point, this checkout's code
+    (through benchmarks/lab/cli.py, which only turns vLLM's chunked prefill off on CPU)."""
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     env = {**os.environ, **VLLM_ENV, "PYTHONPATH": str(REPO), "COLUMNS": "160"}
-    command = [sys.executable, "-c", "from stillhouse.cli import main; main()", "run", str(path)]
+    command = [sys.executable, "-m", "benchmarks.lab.cli", "run", str(path)]
     with open(log, "a") as handle:
         done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=path.parent)
     if done.returncode != 0:
