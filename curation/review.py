@@ -36,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from curation.review_apply import REVIEW_REPORT_FILE, apply_verdicts, judge_range, review_report
 from curation.review_sample import DEFAULT_WATCH, Direction, sample_size, stratified_sample, watched_columns
 from curation.store import DatasetStore, DatasetVersion
+from factory.atomic import write_text_atomic
 from factory.errors import StillhouseError
 
 __all__ = [
@@ -278,9 +279,7 @@ def state_path(version: DatasetVersion) -> Path:
 def _write_state(version: DatasetVersion, state: dict[str, Any]) -> None:
     path = state_path(version)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(state, indent=2) + "\n")
 
 
 def read_state(version: DatasetVersion) -> dict[str, Any] | None:

@@ -172,6 +172,8 @@ def apply_verdicts(
         # The teacher's token logprobs describe the replaced response: distilling them would
         # teach the error the reviewer fixed. The parent version keeps them.
         updates.append(pl.when(corrected).then(None).otherwise(pl.col("samples")).alias("samples"))
+        if "chosen_sample" in frame.columns:  # the response is the reviewer's now, no sample's
+            updates.append(pl.when(corrected).then(None).otherwise(pl.col("chosen_sample")).alias("chosen_sample"))
     review = pl.struct(
         pl.col("status"),
         pl.col("reviewer"),

@@ -61,6 +61,8 @@ RECORD_SCHEMA = pa.schema(
         pa.field("parent_id", pa.string()),
         pa.field("samples", pa.list_(SAMPLE_TYPE)),
         pa.field("response", pa.string()),
+        # index into `samples` of the response's sample; null when a reviewer replaced the text
+        pa.field("chosen_sample", pa.int32()),
         pa.field("label", pa.string()),
         pa.field("label_probs", pa.list_(pa.float32())),
         pa.field("teacher", TEACHER_TYPE),

@@ -7,7 +7,6 @@ shards already present, which is how a resumed run appends instead of overwritin
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from factory.atomic import atomic_path
 from factory.errors import SchemaError
 
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.parquet$")
@@ -45,12 +45,8 @@ class ShardWriter:
         if table.num_rows == 0:
             return None
         path = self.directory / f"shard-{self.next_index:06d}.parquet"
-        temporary = self.directory / f".{path.name}.tmp"
-        with open(temporary, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            pq.write_table(table, temporary)
         self.next_index += 1
         self.rows_written += table.num_rows
         return path

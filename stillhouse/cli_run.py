@@ -71,7 +71,7 @@ def runs_show(run: Annotated[str, typer.Argument(help="Run name.")], runs: RunsR
     table = Table("step", "status", "rows", "teacher requests", "result", "finished")
     for name, step in state.steps.items():
         teacher = step.get("teacher") or {}
-        result = step.get("ref") or step.get("model_dir") or step.get("out_dir") or step.get("version") or ""
+        result = step.get("error") or step.get("ref") or step.get("model_dir") or step.get("out_dir") or ""
         table.add_row(
             name,
             step.get("status", "?"),

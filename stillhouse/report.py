@@ -15,7 +15,6 @@ import html
 import io
 import json
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ import polars as pl
 
 from curation.funnel import Funnel, reason_code
 from curation.store import DatasetVersion
+from factory.atomic import write_text_atomic
 from factory.schema import RECORD_SCHEMA
 from factory.secrets import redact_secrets
 
@@ -86,9 +86,7 @@ def write_report(
     ]
     page = _page(f"{version.ref} — Stillhouse dataset report", version, sections)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    staging.write_text(page, encoding="utf-8")
-    os.replace(staging, out_path)
+    write_text_atomic(out_path, page)
     return out_path
 
 

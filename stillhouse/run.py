@@ -8,13 +8,14 @@ request already answered. Killed at any point, the same command resumes.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 from rich.console import Console
@@ -22,14 +23,21 @@ from rich.table import Table
 
 from curation.funnel import funnel_from_frame
 from curation.store import DatasetStore, DatasetVersion
+from factory.aio import EventLoop
+from factory.atomic import write_frame_atomic, write_text_atomic
 from factory.errors import StillhouseError
 from factory.schema import conform
 from stillhouse.config import RunConfig, load_run_config
-from stillhouse.runs import RunState, fingerprint, write_frame_atomic
+from stillhouse.runs import RunState, fingerprint
 from stillhouse.seeds import load_seeds
 
 OUTPUT = "output.parquet"
-REJECTED = "rejected.parquet"
+EVALUATION = "evaluation.json"
+T = TypeVar("T")
+
+
+class TeacherFailedError(StillhouseError):
+    """A step's teacher answered none of its requests."""
 
 
 def crash_point(name: str) -> None:
@@ -50,6 +58,8 @@ class RunResult:
     evaluation: dict[str, Any] | None = None
     report: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    teacher_this_run: dict[str, Any] = field(default_factory=dict)
 
 
 def _split(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -66,26 +76,92 @@ class Runner:
         self.console = console or Console()
         self.state = RunState.open(config.run_dir / config.name, config.name)
         self.store = DatasetStore(config.publish.root)
+        # One event loop and one teacher for the whole run: the teacher's connections open
+        # and close on the same loop, whichever step (task, judge) uses them.
+        self.loop = EventLoop()
+        self._teacher = None
+        self.reused: list[str] = []  # steps this attempt took from earlier work
+        self.teacher_this_run: dict[str, Any] = {}
 
     # -- helpers ----------------------------------------------------------------
     def _log(self, message: str) -> None:
         self.console.print(message, highlight=False)
 
-    def _build_teacher(self):
-        from factory.teachers import build_teacher
+    @property
+    def teacher(self):
+        """The run's teacher, built on first use."""
+        if self._teacher is None:
+            from factory.teachers import build_teacher
 
-        return build_teacher(self.config.teacher, cache_dir=self.cache_dir)
+            self._teacher = build_teacher(self.config.teacher, cache_dir=self.cache_dir)
+        return self._teacher
 
     @property
     def cache_dir(self) -> Path:
         return self.state.directory / "cache"
 
-    def _close(self, teacher) -> dict[str, Any]:
-        """Close a step's teacher and add its counters to the run's totals."""
-        asyncio.run(teacher.close())
-        stats = teacher.stats.as_dict()
-        self.state.add_teacher_stats(stats)
-        return stats
+    def _teacher_counters(self) -> dict[str, Any]:
+        return self._teacher.stats.as_dict() if self._teacher is not None else {}
+
+    def close(self) -> None:
+        """Close the teacher on the loop that opened its connections, then the loop."""
+        try:
+            if self._teacher is not None:
+                self.teacher_this_run = self._teacher.stats.as_dict()
+                self.loop.run(self._teacher.close())
+        finally:
+            self._teacher = None
+            self.loop.close()
+
+    # -- the step mechanism -----------------------------------------------------
+    def step(
+        self,
+        name: str,
+        step_fp: str,
+        compute: Callable[[Path], tuple[T, dict[str, Any]]],
+        load: Callable[[Path, dict[str, Any]], T],
+    ) -> T:
+        """Run one step once: reuse its recorded output, else compute it and record it.
+
+        `compute(directory)` does the work, writes its outputs into the step's directory
+        (atomically) and returns (value, facts to record); `load(directory, entry)` reads a
+        finished step back. A step whose teacher requests failed or were not issued is
+        recorded "partial": this run goes on with what was answered, the next run redoes
+        the step (the response cache answers the rest, so only those requests are re-sent).
+        A step whose every teacher request failed fails the run.
+        """
+        entry = self.state.done(name, step_fp)
+        directory = self.state.step_dir(name)
+        if entry is not None:
+            try:
+                value = load(directory, entry)
+            except FileNotFoundError:
+                self._log(f"{name}: recorded output is missing; computing it again")
+            else:
+                self.reused.append(name)
+                return value
+        self.state.start(name, step_fp)
+        before = self._teacher_counters()
+        try:
+            value, facts = compute(directory)
+            teacher = _delta(before, self._teacher_counters())
+            if teacher:
+                self.state.add_teacher_stats(teacher)
+                facts["teacher"] = teacher
+                _check_teacher(name, teacher, self._teacher)
+        except BaseException as error:
+            self.state.fail(name, error)
+            raise
+        crash_point(f"before-save:{name}")
+        unanswered = facts.get("teacher", {}).get("failed", 0) + facts.get("teacher", {}).get("not_issued", 0)
+        self.state.finish(name, status="partial" if unanswered else "done", **facts)
+        if unanswered:
+            self._log(
+                f"{name}: {unanswered} teacher request(s) failed or were not issued; the rest is kept. "
+                "Run the same command again to retry exactly those."
+            )
+        crash_point(f"after:{name}")
+        return value
 
     # -- steps ------------------------------------------------------------------
     def seeds(self) -> tuple[pl.DataFrame, str]:
@@ -107,124 +183,124 @@ class Runner:
         spec = self.config.teacher_training
         if spec is None:
             return
-        output = self.config.teacher.model
-        step, step_fp = "teacher_training", fingerprint(spec.model_dump(mode="json"))
-        if self.state.done(step, step_fp) and Path(output).exists():
-            self._log(f"teacher: reusing {output}")
-            return
-        from factory.teachers.classifier import train_encoder_head
+        output = Path(self.config.teacher.model)
 
-        self.state.start(step, step_fp)
-        examples, merged = load_seeds(spec.data, columns={"instruction": spec.text_column, "label": spec.label_column})
-        repeats = f" ({merged} repeated examples merged)" if merged else ""
-        self._log(f"teacher: fitting a classifier head on {examples.height} labelled examples{repeats} -> {output}")
-        train_encoder_head(
-            examples["instruction"].to_list(),
-            examples["label"].to_list(),
-            Path(output),
-            epochs=spec.epochs,
-            seed=spec.seed,
-        )
-        self.state.finish(step, examples=examples.height, output=str(output))
+        def compute(directory: Path) -> tuple[None, dict[str, Any]]:
+            from factory.teachers.classifier import train_encoder_head
+
+            examples, merged = load_seeds(
+                spec.data, columns={"instruction": spec.text_column, "label": spec.label_column}
+            )
+            repeats = f" ({merged} repeated examples merged)" if merged else ""
+            self._log(f"teacher: fitting a classifier head on {examples.height} labelled examples{repeats} -> {output}")
+            train_encoder_head(
+                examples["instruction"].to_list(),
+                examples["label"].to_list(),
+                output,
+                epochs=spec.epochs,
+                seed=spec.seed,
+            )
+            return None, {"examples": examples.height, "output": str(output)}
+
+        def load(directory: Path, entry: dict[str, Any]) -> None:
+            if not output.exists():
+                raise FileNotFoundError(output)
+            self._log(f"teacher: reusing {output}")
+
+        self.step("teacher_training", fingerprint(spec.model_dump(mode="json")), compute, load)
 
     def task(self, index: int, task_config: Any, records: pl.DataFrame, input_fp: str):
         """Run one generation task; returns (kept, rejected, fingerprint)."""
-        from factory.shards import ShardWriter
-        from factory.tasks import build_task
-
-        step = f"task-{index}-{task_config.type}"
+        name = f"task-{index}-{task_config.type}"
         step_fp = fingerprint(task_config.model_dump(mode="json"), self.config.teacher_fingerprint(), input_fp)
-        directory = self.state.step_dir(step)
-        if self.state.done(step, step_fp):
-            output = pl.read_parquet(directory / OUTPUT)
-            self._log(f"{step}: done earlier ({output.height} rows)")
-        else:
-            self.state.start(step, step_fp)
+
+        def compute(directory: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+            from factory.shards import ShardWriter
+            from factory.tasks import build_task
+
             task = build_task(task_config)
-
-            async def run_task():
-                teacher = self._build_teacher()
-                try:
-                    return await task.run(records, teacher, ShardWriter(directory / "shards"))
-                finally:
-                    await teacher.close()
-                    self.state.add_teacher_stats(teacher.stats.as_dict())
-                    step_stats.update(teacher.stats.as_dict())
-
-            step_stats: dict[str, Any] = {}
-            output = asyncio.run(run_task())
-            crash_point(f"before-save:{step}")
+            output = self.loop.run(task.run(records, self.teacher, ShardWriter(directory / "shards")))
             write_frame_atomic(output, directory / OUTPUT)
-            self.state.finish(step, rows=output.height, teacher=step_stats)
-            crash_point(f"after:{step}")
+            return output, {"rows": output.height}
+
+        def load(directory: Path, entry: dict[str, Any]) -> pl.DataFrame:
+            output = pl.read_parquet(directory / OUTPUT)
+            self._log(f"{name}: done earlier ({output.height} rows)")
+            return output
+
+        output = self.step(name, step_fp, compute, load)
         # Generative tasks return only the records they add (new ids), enriching tasks the
         # records they were given (same ids): the union carries both to the next step.
         untouched = records.filter(~pl.col("id").is_in(output["id"].implode()))
         kept, rejected = _split(pl.concat([untouched, output], how="diagonal_relaxed"))
         return kept, rejected, step_fp
 
-    def curation(self, frame: pl.DataFrame, input_fp: str, first_stages: list[str]):
-        from curation.config import build_stage
-        from curation.pipeline import run_stages
-
-        step = "curation"
+    def curation(self, frame: pl.DataFrame, input_fp: str, task_stages: list[str]):
+        """Run the curation stages; returns (curated frame, funnel, fingerprint)."""
         configs = self.config.curation
+        stage_names = task_stages + [c.name or c.stage for c in configs]
         step_fp = fingerprint([c.model_dump(mode="json") for c in configs], input_fp)
-        directory = self.state.step_dir(step)
-        if self.state.done(step, step_fp):
+
+        def compute(directory: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+            from curation.config import build_stage
+            from curation.pipeline import run_stages
+
+            needs_teacher = any(c.stage == "judge" for c in configs)
+            teacher = self.teacher if needs_teacher else None
+            stages = [build_stage(c, teacher=teacher, loop=self.loop, store=self.store) for c in configs]
+            curated, _ = run_stages(frame, stages, console=self.console, earlier_stages=task_stages)
+            write_frame_atomic(curated, directory / OUTPUT)
+            return curated, {"rows": curated.height}
+
+        def load(directory: Path, entry: dict[str, Any]) -> pl.DataFrame:
             curated = pl.read_parquet(directory / OUTPUT)
             self._log(f"curation: done earlier ({curated.height} rows)")
-        else:
-            self.state.start(step, step_fp)
-            needs_teacher = any(c.stage == "judge" for c in configs)
-            teacher = self._build_teacher() if needs_teacher else None
-            try:
-                stages = [build_stage(c, teacher=teacher) for c in configs]
-                curated, _ = run_stages(frame, stages, console=self.console)
-            finally:
-                stats = self._close(teacher) if teacher is not None else {}
-            write_frame_atomic(curated, directory / OUTPUT)
-            self.state.finish(step, rows=curated.height, teacher=stats)
-            crash_point("after:curation")
-        stage_names = first_stages + [c.name or c.stage for c in configs]
+            return curated
+
+        curated = self.step("curation", step_fp, compute, load)
         return curated, funnel_from_frame(curated, stage_names), step_fp
 
     def publish(self, frame: pl.DataFrame, funnel: list[dict], input_fp: str) -> DatasetVersion:
-        step = "publish"
         publish = self.config.publish
         step_fp = fingerprint(publish.model_dump(mode="json"), input_fp)
-        entry = self.state.done(step, step_fp)
-        if entry:
+
+        def compute(directory: Path) -> tuple[DatasetVersion, dict[str, Any]]:
+            # A run killed between the rename and the state update already published:
+            # find that version by the run fingerprint in its manifest instead of repeating it.
+            earlier = self._published_by(step_fp)
+            if earlier is not None:
+                self._log(f"publish: found {earlier.ref} from the interrupted attempt")
+                return earlier, {"ref": earlier.ref}
+            parent = self.store.resolve(f"{publish.name}@latest", verify=False).ref if self._has_versions() else None
+            version = self.store.publish(
+                publish.name,
+                conform(frame),
+                parent=parent,
+                config={
+                    "run": {"name": self.config.name, "fingerprint": step_fp},
+                    **self.config.model_dump(mode="json"),
+                },
+                funnel=funnel,
+                label_set=self._label_set(),
+                description=publish.description,
+            )
+            self._log(f"publish: {version.ref} ({version.manifest['rows']['kept']} kept) -> {version.path}")
+            return version, {"ref": version.ref}
+
+        def load(directory: Path, entry: dict[str, Any]) -> DatasetVersion:
             version = self.store.resolve(entry["ref"])
             self._log(f"publish: done earlier ({version.ref})")
             return version
-        # A run killed between the rename and the state update already published:
-        # find that version by the run fingerprint in its manifest instead of repeating it.
-        for number in reversed(self.store.versions(publish.name) if self.store.root.is_dir() else []):
-            candidate = self.store.resolve(f"{publish.name}@v{number}")
+
+        return self.step("publish", step_fp, compute, load)
+
+    def _published_by(self, step_fp: str) -> DatasetVersion | None:
+        name = self.config.publish.name
+        for number in reversed(self.store.versions(name) if self.store.root.is_dir() else []):
+            candidate = self.store.resolve(f"{name}@v{number}")
             if candidate.manifest.get("config", {}).get("run", {}).get("fingerprint") == step_fp:
-                self.state.start(step, step_fp)
-                self.state.finish(step, ref=candidate.ref)
-                self._log(f"publish: found {candidate.ref} from the interrupted attempt")
                 return candidate
-        self.state.start(step, step_fp)
-        parent = self.store.resolve(f"{publish.name}@latest", verify=False).ref if self._has_versions() else None
-        version = self.store.publish(
-            publish.name,
-            conform(frame),
-            parent=parent,
-            config={
-                "run": {"name": self.config.name, "fingerprint": step_fp},
-                **self.config.model_dump(mode="json"),
-            },
-            funnel=funnel,
-            label_set=self._label_set(),
-            description=publish.description,
-        )
-        crash_point("before-save:publish")
-        self.state.finish(step, ref=version.ref)
-        self._log(f"publish: {version.ref} ({version.manifest['rows']['kept']} kept) -> {version.path}")
-        return version
+        return None
 
     def _has_versions(self) -> bool:
         return self.store.root.is_dir() and bool(self.store.versions(self.config.publish.name))
@@ -241,34 +317,40 @@ class Runner:
             return
         from curation.review import push
 
-        step, step_fp = "review_push", fingerprint(version.ref, self.config.review.model_dump(mode="json"))
-        if self.state.done(step, step_fp):
-            return
-        self.state.start(step, step_fp)
-        pushed = push(version, self.config.review, console=self.console)
-        self.state.finish(step, pushed=pushed.model_dump(mode="json"))
-        self._log(f"review: pushed a sample of {version.ref}; annotate it, then `stillhouse review pull {version.ref}`")
+        def compute(directory: Path) -> tuple[None, dict[str, Any]]:
+            pushed = push(version, self.config.review, console=self.console)
+            self._log(
+                f"review: pushed a sample of {version.ref}; annotate it, then `stillhouse review pull {version.ref}`"
+            )
+            return None, {"pushed": pushed.model_dump(mode="json")}
+
+        step_fp = fingerprint(version.ref, self.config.review.model_dump(mode="json"))
+        self.step("review_push", step_fp, compute, lambda directory, entry: None)
 
     def train(self, version: DatasetVersion) -> Path | None:
         if self.config.train is None:
             return None
         from trainer.config import TrainConfig
-        from trainer.training import train
 
         settings = self.config.train.model_dump()
         settings.update(dataset=version.ref, store_root=self.config.publish.root)
         settings["output_dir"] = settings["output_dir"] or self.student_dir
         train_config = TrainConfig.model_validate(settings)
-        step, step_fp = "train", fingerprint(train_config.model_dump(mode="json"))
-        entry = self.state.done(step, step_fp)
-        if entry and Path(entry["model_dir"]).exists():
-            self._log(f"train: done earlier ({entry['model_dir']})")
-            return Path(entry["model_dir"])
-        self.state.start(step, step_fp)
-        result = train(train_config)
-        self.state.finish(step, model_dir=str(result.model_dir))
-        crash_point("after:train")
-        return Path(result.model_dir)
+
+        def compute(directory: Path) -> tuple[Path, dict[str, Any]]:
+            from trainer.training import train
+
+            result = train(train_config)
+            return Path(result.model_dir), {"model_dir": str(result.model_dir)}
+
+        def load(directory: Path, entry: dict[str, Any]) -> Path:
+            model_dir = Path(entry["model_dir"])
+            if not model_dir.exists():
+                raise FileNotFoundError(model_dir)
+            self._log(f"train: done earlier ({model_dir})")
+            return model_dir
+
+        return self.step("train", fingerprint(train_config.model_dump(mode="json")), compute, load)
 
     @property
     def student_dir(self) -> Path:
@@ -278,22 +360,25 @@ class Runner:
         spec = self.config.eval
         if spec is None:
             return None
-        from trainer.evaluation import evaluate
-
         teacher = self.config.teacher
         teacher_dir = Path(teacher.model) if teacher.backend == "classifier" else None
-        step = "eval"
+        out_dir = self.state.directory / "eval"
+
+        def compute(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+            from trainer.evaluation import evaluate
+
+            evaluation = evaluate(
+                model_dir, spec.test, teacher_dir=teacher_dir, hourly_usd=spec.hourly_usd, out_dir=out_dir
+            )
+            write_text_atomic(directory / EVALUATION, json.dumps(evaluation, indent=2) + "\n")
+            return evaluation, {"out_dir": str(out_dir)}
+
+        def load(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
+            self._log(f"eval: done earlier ({out_dir})")
+            return json.loads((directory / EVALUATION).read_text(encoding="utf-8"))
+
         step_fp = fingerprint(spec.model_dump(mode="json"), self.state.steps.get("train", {}).get("fingerprint"))
-        self.state.start(step, step_fp)
-        evaluation = evaluate(
-            model_dir,
-            spec.test,
-            teacher_dir=teacher_dir,
-            hourly_usd=spec.hourly_usd,
-            out_dir=self.state.directory / "eval",
-        )
-        self.state.finish(step, out_dir=str(self.state.directory / "eval"))
-        return evaluation
+        return self.step("eval", step_fp, compute, load)
 
     def report(self, version: DatasetVersion, evaluation: dict[str, Any] | None) -> Path:
         import shutil
@@ -332,7 +417,6 @@ class Runner:
             frame = pl.concat([records, *rejected_parts], how="diagonal_relaxed")
             curated, funnel, curated_fp = self.curation(frame, records_fp, task_stage_names)
             result.version = self.publish(curated, funnel, curated_fp)
-            crash_point("after:publish")
             self.review(result.version)
             result.model_dir = self.train(result.version)
             if result.model_dir is not None:
@@ -342,14 +426,42 @@ class Runner:
             state.status = "failed"
             state.save()
             raise
-        state.status = "finished"
+        finally:
+            self.close()
+        partial = [name for name, entry in state.steps.items() if entry.get("status") == "partial"]
+        state.status = "partial" if partial else "finished"
         state.steps["summary"] = {
             "status": "done",
             "version": result.version.ref if result.version else None,
+            "reused": list(self.reused),
             "seconds": round(time.perf_counter() - started, 1),
         }
         state.save()
+        result.reused = list(self.reused)
+        result.teacher_this_run = dict(self.teacher_this_run)
         return result
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The teacher counters a step added (nothing when it used no teacher)."""
+    changes = {key: value - before.get(key, 0) for key, value in after.items()}
+    return {key: round(value, 6) if isinstance(value, float) else value for key, value in changes.items() if value}
+
+
+def _check_teacher(step: str, counters: dict[str, Any], teacher: Any) -> None:
+    """Fail a step whose teacher answered none of its requests: nothing it made can be published."""
+    unanswered = counters.get("failed", 0) + counters.get("not_issued", 0)
+    # Every attempt is counted in requests_sent; each retry and each final failure is one of them.
+    fresh = counters.get("requests_sent", 0) - counters.get("retries", 0) - counters.get("failed", 0)
+    answered = counters.get("cache_hits", 0) + fresh
+    if unanswered and answered <= 0:
+        last = getattr(getattr(teacher, "stats", None), "last_error", None)
+        detail = f"; last error: {last}" if last else ""
+        raise TeacherFailedError(
+            f"{step}: the teacher answered none of {unanswered} request(s) "
+            f"({counters.get('failed', 0)} failed, {counters.get('not_issued', 0)} not issued){detail}. "
+            "Nothing was published; fix the teacher (or raise the budget) and run the same command again."
+        )
 
 
 def summary_table(result: RunResult) -> Table:
@@ -363,11 +475,14 @@ def summary_table(result: RunResult) -> Table:
         table.add_row("student", str(result.model_dir))
     if result.report is not None:
         table.add_row("report", str(result.report))
-    teacher = result.state.teacher
+    if result.reused:
+        table.add_row("reused", ", ".join(result.reused) + " (done earlier; nothing recomputed)")
+    teacher, now = result.state.teacher, result.teacher_this_run
     if teacher:
         table.add_row(
             "teacher",
-            f"{teacher.get('requests_sent', 0)} requests sent, {teacher.get('cache_hits', 0)} answered from cache",
+            f"this run: {now.get('requests_sent', 0)} requests sent, {now.get('cache_hits', 0)} answered from cache; "
+            f"all runs: {teacher.get('requests_sent', 0)} sent, {teacher.get('failed', 0)} failed",
         )
     return table
 

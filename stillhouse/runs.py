@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
+from factory.atomic import write_text_atomic
 from factory.errors import StillhouseError
 from factory.schema import canonical_json
 
@@ -35,21 +33,6 @@ def now() -> str:
 
 def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(canonical_json(parts).encode("utf-8")).hexdigest()[:16]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def write_frame_atomic(frame: pl.DataFrame, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.write_parquet(temporary)
-    os.replace(temporary, path)
 
 
 @dataclass
@@ -86,7 +69,7 @@ class RunState:
     def save(self) -> None:
         self.updated_at = now()
         data = {key: value for key, value in self.__dict__.items() if key != "directory"}
-        write_atomic(self.directory / STATE_FILE, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+        write_text_atomic(self.directory / STATE_FILE, json.dumps(data, indent=2) + "\n")
 
     def step_dir(self, step: str) -> Path:
         path = self.directory / "steps" / step.replace(":", "-")
@@ -104,8 +87,17 @@ class RunState:
         self.steps[step] = {"status": "running", "fingerprint": step_fingerprint, "started_at": now()}
         self.save()
 
-    def finish(self, step: str, **result: Any) -> None:
-        self.steps[step].update(status="done", finished_at=now(), **result)
+    def finish(self, step: str, status: str = "done", **result: Any) -> None:
+        """Record a step's result. Any status but "done" (e.g. "partial") makes the next run redo it."""
+        self.steps[step].update(status=status, finished_at=now(), **result)
+        self.save()
+
+    def fail(self, step: str, error: BaseException) -> None:
+        """Record why a step stopped, so `runs show` can say it."""
+        message = str(error) or type(error).__name__
+        if isinstance(error, KeyboardInterrupt):
+            message = "interrupted"
+        self.steps.setdefault(step, {}).update(status="failed", finished_at=now(), error=message)
         self.save()
 
     def add_teacher_stats(self, stats: dict[str, int | float]) -> None:

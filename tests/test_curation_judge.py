@@ -1,4 +1,4 @@
-"""The judge stage: prompts through a Teacher, robust score parsing, unparsable replies reported not zeroed.
+"""The judge stage: prompts through a Teacher, a strict final score line, one retry, unscored rows dropped or kept.
 
 The teacher here is a small test-local subclass of the real `Teacher` contract that
 returns canned replies: what is under test is the judge's prompting and parsing.
@@ -17,6 +17,7 @@ from curation.config import JudgeConfig, build_stage
 from curation.pipeline import run_stages
 from curation.stages import Judge
 from curation.stages.judge import parse_score
+from factory.errors import StillhouseError
 from factory.schema import conform
 from factory.teachers.base import Generation, Sample, Teacher, TeacherIdentity, TeacherRequest
 
@@ -56,18 +57,32 @@ def frame_of(n: int) -> pl.DataFrame:
     ("reply", "score"),
     [
         ("The answer is right and concise.\nScore: 7", 7.0),
-        ("Solid work. 8/10", 8.0),
-        ("**Rating: 9**\nClear and correct.", 9.0),
-        ('{"rationale": "fine", "score": 6}', 6.0),
-        ('```json\n{"rating": "4", "explanation": "partly wrong"}\n```', 4.0),
-        ("I would give it 5 out of 10.", 5.0),
-        ("3", 3.0),
-        ("Score: 2 (was 9 before the fix)\nFinal score: 6", 6.0),
+        ("Clear and correct.\n**Score: 9**", 9.0),
+        ("Good.\nScore: 8/10\n\n", 8.0),
+        ("Minor gaps.\n[[6]]", 6.0),
+        ("Score: 2 (was 9 before the fix)\nScore: 6.", 6.0),
     ],
 )
-def test_parse_score_variants(reply, score):
+def test_parse_score_reads_the_final_score_line(reply, score):
     parsed, _, error = parse_score(reply, 1, 10)
     assert error is None and parsed == score
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # the issue's cases: the old parser read 1 and 10 from the explanation
+        "Rating: 7. Solid answer, judged on the rating scale 1 to 10",
+        "Score: 7\nClear, with one slip; a grade of 10 is reserved for flawless answers.",
+        "Solid work. 8/10",  # no verdict line
+        '{"score": 6}',
+        "I cannot decide.",
+        "",
+    ],
+)
+def test_parse_score_takes_no_number_from_anywhere_but_the_last_line(reply):
+    parsed, _, error = parse_score(reply, 1, 10)
+    assert parsed is None and error.startswith("unparsable reply")
 
 
 def test_judge_min_score_follows_the_rubric_scale():
@@ -77,18 +92,19 @@ def test_judge_min_score_follows_the_rubric_scale():
         JudgeConfig(rubric="ultrafeedback", min_score=6)
 
 
-def test_parse_score_reports_unparsable_and_out_of_range():
-    assert parse_score("Looks good to me!", 1, 10)[2].startswith("unparsable reply")
+def test_parse_score_reports_out_of_range():
     assert parse_score("Score: 42", 1, 10)[2].startswith("score 42 outside 1-10")
 
 
-def test_judge_scores_stores_rationale_and_reports_unparsable_replies():
+def test_judge_retries_unparsable_replies_once_then_drops_them_with_reason():
     replies = [
         "Correct and complete.\nScore: 9",
         "Wrong sum.\nScore: 2",
-        "I cannot decide.",  # unparsable: reported, not scored 0, not dropped
-        None,  # request failed for good
-        "**Rating: 7**",
+        "I cannot decide.",  # unparsable: retried ...
+        None,  # request failed for good: not retried
+        "Fine answer, a 10 is for perfect ones.",  # unparsable: retried ...
+        "Still undecided.",  # ... r2's retry: unparsable again
+        "Score: 7",  # ... r4's retry: the verdict line
     ]
     teacher = CannedTeacher(replies)
     stage = build_stage(JudgeConfig(min_score=5, batch_size=2), teacher=teacher)
@@ -96,16 +112,51 @@ def test_judge_scores_stores_rationale_and_reports_unparsable_replies():
     rows = {r["id"]: r for r in out.iter_rows(named=True)}
     assert rows["r0"]["judge_score"] == 9.0 and rows["r0"]["judge_rationale"] == "Correct and complete."
     assert rows["r1"]["drop_reason"] == "low_judge_score: 2.0 < 5.0"
-    assert rows["r2"]["judge_score"] is None and rows["r2"]["drop_stage"] is None
-    assert rows["r2"]["judge_error"].startswith("unparsable reply: 'I cannot decide.'")
-    assert rows["r3"]["judge_error"] == "teacher error: HTTP 500 after 3 retries"
-    assert rows["r4"]["judge_score"] == 7.0
-    assert funnel == [{"stage": "judge", "rows_in": 5, "dropped": {"low_judge_score": 1}, "rows_out": 4}]
-    assert stage.notes == ["judge: 2 of 5 replies unparsed or failed (see judge_error)"]
-    # the rubric prompt carries the row: instruction, input when present, response
+    assert rows["r2"]["judge_score"] is None and rows["r2"]["drop_stage"] == "judge"
+    assert rows["r2"]["drop_reason"].startswith("judge_unparsable: unparsable reply")
+    assert "after a retry" in rows["r2"]["judge_error"]
+    assert rows["r3"]["drop_reason"] == "judge_failed: teacher error: HTTP 500 after 3 retries"
+    assert rows["r4"]["judge_score"] == 7.0 and rows["r4"]["drop_stage"] is None
+    assert rows["r4"]["judge_rationale"] == "Fine answer, a 10 is for perfect ones."
+    assert funnel == [
+        {
+            "stage": "judge",
+            "rows_in": 5,
+            "dropped": {"judge_failed": 1, "judge_unparsable": 1, "low_judge_score": 1},
+            "rows_out": 2,
+        }
+    ]
+    assert stage.notes == [
+        "judge: 2 of 5 replies unscored (1 unparsable after a retry, 1 failed); on_unparsable=drop (see judge_error)"
+    ]
+    # the rubric prompt carries the row and asks for the verdict line
     first = teacher.requests[0].messages[-1][1]
-    assert "Add 0 and 0." in first and "show your work" in first and "Score: N" in first
+    assert "Add 0 and 0." in first and "show your work" in first and '"Score: N"' in first
     assert teacher.requests[0].temperature == 0.0
+    # the retry shows the judge its own reply and asks for the line alone
+    retry = teacher.requests[5].messages
+    assert retry[:-2] == teacher.requests[2].messages and retry[-2] == ("assistant", "I cannot decide.")
+    assert "Score: N" in retry[-1][1]
+
+
+def test_judge_keeps_unscored_rows_when_asked():
+    teacher = CannedTeacher(["Score: 8", "no verdict", "Score: 9", "still none"])
+    out = Judge(JudgeConfig(on_unparsable="keep"), teacher).apply(frame_of(3))
+    assert out["judge_score"].to_list() == [8.0, None, 9.0]
+    assert out["drop_stage"].to_list() == [None, None, None]
+    assert out["judge_error"][1].startswith("unparsable reply")
+
+
+def test_a_judge_that_answers_gibberish_fails_the_run_unless_allowed(capsys):
+    gibberish = ["lorem ipsum"] * 3 + [None] + ["lorem ipsum"] * 3  # 4 rows: one fails, three retried
+    with pytest.raises(StillhouseError, match=r"judge 'judge' is not working: 4 of 4 replies unscored"):
+        Judge(JudgeConfig(), CannedTeacher(list(gibberish))).apply(frame_of(4))
+    allowed = Judge(JudgeConfig(allow_unparsable=True), CannedTeacher(list(gibberish))).apply(frame_of(4))
+    assert allowed["drop_reason"].str.starts_with("judge_").all()
+    assert "WARNING: judge 'judge' is not working: 4 of 4" in capsys.readouterr().err
+    # half unscored is not "more than half": no error
+    half = Judge(JudgeConfig(), CannedTeacher(["Score: 8", "x", "Score: 7", "y", "z", "w"])).apply(frame_of(4))
+    assert half["judge_score"].to_list() == [8.0, None, 7.0, None]
 
 
 def test_judge_skips_rows_already_dropped_and_runs_inside_an_event_loop():
@@ -130,7 +181,8 @@ def test_judge_with_distilabel_ultrafeedback_rubric():
         [
             "#### Output for Text 1\nRating: 4\nRationale: Accurate and follows the instruction.",
             "#### Output for Text 1\nRating: 2\nRationale: The sum is wrong.",
-            "Overall I'd say **Rating: 5**",  # distilabel's parser misses this; ours catches it
+            "Overall I'd say **Rating: 5**",  # not the format: retried
+            "Rating: 5\nRationale: Correct.",
         ]
     )
     stage = Judge(JudgeConfig(rubric="ultrafeedback", min_score=3), teacher)

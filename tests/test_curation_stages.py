@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 
 from curation.config import (
+    DEFAULT_MIN_SIMILARITY,
     ConsistencyConfig,
     EntropyConfig,
     ExactDedupConfig,
@@ -24,8 +25,9 @@ from curation.config import (
 )
 from curation.pipeline import run_stages
 from curation.stages import Consistency, Entropy, ExactDedup, Heuristics, MinHashDedup, StageInputError
-from curation.stages.minhash_dedup import band_candidates, lsh_shape, signatures
-from curation.text import shingle
+from curation.stages.base import chosen_samples
+from curation.stages.minhash_dedup import band_candidates, lsh_shape, signature_rows
+from curation.text import _fmix32, gram_hashes, shingle
 from factory.errors import ConfigError, StillhouseError
 from factory.schema import conform, record_id
 
@@ -229,7 +231,7 @@ def test_minhash_candidates_are_verified_by_true_jaccard():
     a = {" ".join(base[i : i + 3]) for i in range(98)}
     b = {" ".join(other[i : i + 3]) for i in range(98)}
     assert true_jaccard == pytest.approx(len(a & b) / len(a | b))
-    sigs = signatures(sets, 128, seed=1, show=False)
+    sigs = signature_rows(*gram_hashes(texts, "word", 3), 128, seed=1)
     left, right = band_candidates(sigs, np.array([0, 1]), bands=64, rows=2)
     assert (left.tolist(), right.tolist()) == ([0], [1])  # LSH says "maybe" ...
     frame = records([{"id": "a", "response": texts[0]}, {"id": "b", "response": texts[1]}])
@@ -242,8 +244,9 @@ def test_signature_collision_rate_estimates_jaccard():
     rng = np.random.default_rng(9)
     base = words_doc(rng, 200)
     other = base[:150] + words_doc(rng, 50)
-    sets = shingle(pl.Series([" ".join(base), " ".join(other)]), "word", 3)
-    sigs = signatures(sets, 256, seed=2, show=False)
+    texts = pl.Series([" ".join(base), " ".join(other)])
+    sets = shingle(texts, "word", 3)
+    sigs = signature_rows(*gram_hashes(texts, "word", 3), 256, seed=2)
     estimate = float((sigs[0] == sigs[1]).mean())
     assert estimate == pytest.approx(sets.jaccard(np.array([0]), np.array([1]))[0], abs=0.08)
 
@@ -256,6 +259,16 @@ def test_char_shingles_and_short_documents():
     texts = pl.Series(["a b c d e", "", "x y", "a b c d e f"] * 5)
     whole, blocked = shingle(texts, "word", 3), shingle(texts, "word", 3, block=3)
     assert whole.hashes.tolist() == blocked.hashes.tolist() and whole.offsets.tolist() == blocked.offsets.tolist()
+
+
+@pytest.mark.parametrize("kind, n", [("word", 3), ("word", 1), ("char", 5)])
+def test_gram_hashes_are_the_shingle_sets_with_repeats(kind, n):
+    """What the signatures see (unsorted grams, repeats kept) is exactly each document's shingle set."""
+    texts = pl.Series(["a b a b a b c", "Hello, World!", "x", "", None, "p q", "one two three four"])
+    grams, offsets = gram_hashes(texts, kind, n)
+    sets = shingle(texts, kind, n)
+    for doc in range(len(texts)):
+        assert np.unique(_fmix32(grams[offsets[doc] : offsets[doc + 1]])).tolist() == sets.of(doc).tolist()
 
 
 # --- self-consistency --------------------------------------------------------------------------
@@ -287,7 +300,8 @@ def test_consistency_classification_final_answer_and_open():
     assert labelled["consistency"][0] == pytest.approx(0.5)  # 2 of 4 agree, the unparsable one counts against
     assert labelled["consistency_method"][0] == "label"
 
-    out = Consistency(ConsistencyConfig(min_consistency=0.5)).apply(frame.filter(pl.col("id") != "label"))
+    config = ConsistencyConfig(min_consistency=0.5, similarity="jaccard", min_similarity=0.5)
+    out = Consistency(config).apply(frame.filter(pl.col("id") != "label"))
     scores = dict(out.select("id", "consistency").iter_rows())
     methods = dict(out.select("id", "consistency_method").iter_rows())
     assert scores["answer"] == pytest.approx(2 / 3) and methods["answer"] == "final_answer"
@@ -309,26 +323,183 @@ def test_consistency_uses_frame_label_set_in_auto_mode():
     assert "b" in dropped(out)
 
 
+def logprob_sample(text: str, mean_logprob: float, finish_reason: str = "stop") -> dict:
+    return {**sample(text, finish_reason), "logprobs": [mean_logprob, mean_logprob]}
+
+
+def test_consistency_keeps_a_sample_holding_the_majority_answer():
+    """The issue's case: 3 samples answer 12, 2 answer 15, a '15' has the best logprob and was the
+    response. The response becomes the best-logprob '12' sample and consistency is 0.6."""
+    texts = [
+        ("7 + 5 = 12. Final answer: 12", -0.9),
+        ("Final answer: 15", -0.1),
+        ("Adding gives 12.\nFinal answer: 12", -0.4),
+        ("Final answer: 15", -0.2),
+        ("Final answer: 12.0", -0.6),
+    ]
+    frame = records(
+        [
+            {
+                "id": "sum",
+                "response": "Final answer: 15",
+                "chosen_sample": 1,
+                "final_answer": "15",  # respond's chain-of-thought column follows the kept text
+                "samples": [logprob_sample(text, lp) for text, lp in texts],
+            }
+        ]
+    )
+    out = Consistency(ConsistencyConfig(min_consistency=0.5)).apply(frame).row(0, named=True)
+    assert out["consistency"] == pytest.approx(0.6) and out["consistency_method"] == "final_answer"
+    assert out["chosen_sample"] == 2 and out["response"] == "Adding gives 12.\nFinal answer: 12"
+    assert out["final_answer"] == "12" and out["drop_stage"] is None
+    # the index is what later stages read
+    assert chosen_samples(Consistency().apply(frame), ["text"])["text"][0] == out["response"]
+
+
+def test_consistency_takes_the_last_final_answer_and_prefers_finished_samples():
+    """The issue's case: all three end "Final answer: 12" but mention "final answer" earlier."""
+    texts = [
+        "Before the final answer, note that 5 + 7 = 12.\nFinal answer: 12",
+        "My final answer: maybe 13? No: 5 + 7 is 12.\nFinal answer: 12",
+        "The final answer is not 13.\nFinal answer: 12",
+    ]
+    frame = records(
+        [
+            {
+                "id": "twelve",
+                "response": texts[0],
+                "chosen_sample": 0,
+                "samples": [
+                    logprob_sample(texts[0], -0.5),
+                    logprob_sample(texts[1], -0.1, finish_reason="length"),  # cut off: ranks after finished ones
+                    logprob_sample(texts[2], -0.3),
+                ],
+            }
+        ]
+    )
+    out = Consistency(ConsistencyConfig(min_consistency=0.5)).apply(frame).row(0, named=True)
+    assert out["consistency"] == pytest.approx(1.0) and out["drop_stage"] is None
+    assert out["chosen_sample"] == 2 and out["response"] == texts[2]
+
+
+def test_consistency_tie_goes_to_the_best_sample_and_dropped_rows_keep_their_response():
+    tie = [logprob_sample("Final answer: 3", -0.8), logprob_sample("Final answer: 4", -0.2)] * 2
+    frame = records(
+        [
+            {"id": "tie", "response": "Final answer: 3", "chosen_sample": 0, "samples": tie},
+            {
+                "id": "gone",
+                "response": "Final answer: 4",
+                "chosen_sample": 1,
+                "samples": [logprob_sample("Final answer: 3", -0.1)] * 2 + [logprob_sample("Final answer: 4", -0.2)],
+                "drop_stage": "heuristics",
+                "drop_reason": "refusal",
+            },
+        ]
+    )
+    out = {row["id"]: row for row in Consistency().apply(frame).to_dicts()}
+    assert out["tie"]["consistency"] == pytest.approx(0.5) and out["tie"]["chosen_sample"] == 1
+    assert out["gone"]["chosen_sample"] == 1 and out["gone"]["response"] == "Final answer: 4"
+    assert out["gone"]["drop_reason"] == "refusal"
+
+
+def unit_vectors(table: dict[str, list[float]]):
+    """A stand-in encoder with known embeddings (the real MiniLM one is tested on MRPC)."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        vectors = np.array([table[text] for text in texts], dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    return encode
+
+
+def test_open_consistency_is_mean_pairwise_cosine_and_jaccard():
+    encoder = unit_vectors({"a b": [1, 0], "a b c": [1, 0], "d e": [0, 1], "x": [1, 1], "y": [1, -1]})
+    frame = records(
+        [
+            {"id": "three", "samples": [sample("a b"), sample("a b c"), sample("d e")]},
+            {"id": "pair", "samples": [sample("x"), sample("y")]},
+        ]
+    )
+
+    def scores(similarity: str, **limits) -> pl.DataFrame:
+        config = ConsistencyConfig(mode="open", similarity=similarity, **limits)
+        return Consistency(config, encoder).apply(frame)
+
+    cosine = dict(scores("embedding", min_similarity=None).select("id", "consistency").iter_rows())
+    assert cosine == {"three": pytest.approx(1 / 3), "pair": pytest.approx(0.0, abs=1e-9)}  # pairs 1, 0, 0 / orthogonal
+    jaccard = dict(scores("jaccard", min_similarity=None).select("id", "consistency").iter_rows())
+    assert jaccard == {"three": pytest.approx((2 / 3 + 0 + 0) / 3), "pair": pytest.approx(0.0)}
+    out = scores("embedding_jaccard")
+    both = dict(out.select("id", "consistency").iter_rows())
+    assert both == {"three": pytest.approx((1 / 3 + 2 / 9) / 2), "pair": pytest.approx(0.0, abs=1e-9)}
+    # the default threshold is the measure's own; min_consistency (for majority shares) does not apply
+    assert ConsistencyConfig().min_similarity == DEFAULT_MIN_SIMILARITY["embedding_jaccard"]
+    assert ConsistencyConfig(similarity="jaccard").min_similarity == DEFAULT_MIN_SIMILARITY["jaccard"]
+    limit = DEFAULT_MIN_SIMILARITY["embedding_jaccard"]
+    assert dropped(out) == {
+        "three": f"low_consistency: similarity {round((1 / 3 + 2 / 9) / 2, 2)} < {limit}",
+        "pair": f"low_consistency: similarity 0.0 < {limit}",
+    }
+    assert out["response"].to_list() == [None, None]  # open mode chooses no sample
+
+
 # --- entropy -----------------------------------------------------------------------------------
 
 
-def test_entropy_matches_hand_computed_value_with_residual_bucket():
-    tops = [[math.log(0.5), math.log(0.3)], [math.log(0.9), math.log(0.05), math.log(0.05)]]
+def test_entropy_packs_the_residual_into_tokens_no_likelier_than_the_last_top_k():
+    log = math.log
+    tops = [[log(0.5), log(0.3)], [log(0.4), log(0.1)], [log(0.5), log(0.2)]]
     frame = records(
         [
             {"id": "gen", "response": "chosen", "samples": [sample("other"), sample("chosen", top_logprobs=tops)]},
             {"id": "cls", "label": "b", "label_probs": [0.25, 0.75]},
-            {"id": "flat", "response": "f", "samples": [sample("f", top_logprobs=[[math.log(0.25)] * 4])]},
+            {"id": "flat", "response": "f", "samples": [sample("f", top_logprobs=[[log(0.25)] * 4])]},
         ]
     )
-    out = Entropy(EntropyConfig(max_entropy=1.2)).apply(frame)
+    out = Entropy(EntropyConfig(max_entropy=1.35)).apply(frame)
     got = dict(out.select("id", "mean_entropy").iter_rows())
-    first = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))  # 0.2 = residual mass
-    second = -(0.9 * math.log(0.9) + 2 * 0.05 * math.log(0.05))  # nothing left over
-    assert got["gen"] == pytest.approx((first + second) / 2, rel=1e-5)
-    assert got["cls"] == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), rel=1e-5)
-    assert got["flat"] == pytest.approx(math.log(4), rel=1e-5)
-    assert dropped(out) == {"flat": f"high_entropy: {round(math.log(4), 3)} > 1.2"}
+    # residual 0.2 < p_min 0.3: one tail token of 0.2
+    first = -(0.5 * log(0.5) + 0.3 * log(0.3) + 0.2 * log(0.2))
+    # residual 0.5, p_min 0.1: five tail tokens of 0.1
+    second = -(0.4 * log(0.4) + 6 * 0.1 * log(0.1))
+    # residual 0.3, p_min 0.2: one tail token of 0.2 and the remaining 0.1
+    third = -(0.5 * log(0.5) + 2 * 0.2 * log(0.2) + 0.1 * log(0.1))
+    assert got["gen"] == pytest.approx((first + second + third) / 3, rel=1e-5)
+    assert got["cls"] == pytest.approx(-(0.25 * log(0.25) + 0.75 * log(0.75)), rel=1e-5)
+    assert got["flat"] == pytest.approx(log(4), rel=1e-5)  # nothing left over
+    assert dropped(out) == {"flat": f"high_entropy: {round(log(4), 3)} > 1.35"}
+
+
+def zipf(exponent: float, vocab: int = 32_000) -> np.ndarray:
+    probs = np.arange(1, vocab + 1, dtype=np.float64) ** -exponent
+    return probs / probs.sum()
+
+
+def test_entropy_estimate_rises_with_the_true_entropy_of_zipf_teachers():
+    """The issue's case: Zipf 2.0 / 1.2 / 0.6 over 32k tokens, top-5 stored. The residual-as-one-outcome
+    estimate gave 1.23 / 1.23 / 0.12 (falling); the bound must rise, stay below the truth, and the cut
+    must drop the most uncertain teacher."""
+    exponents = [2.0, 1.2, 0.6]
+    true = [float(-(p * np.log(p)).sum()) for p in map(zipf, exponents)]
+    assert true == pytest.approx([1.637, 5.295, 9.860], abs=1e-3)
+    rows = [
+        {"id": f"zipf{s}", "response": "r", "samples": [sample("r", top_logprobs=[np.log(zipf(s)[:5]).tolist()] * 3)]}
+        for s in exponents
+    ]
+    out = Entropy(EntropyConfig(max_quantile=0.6)).apply(records(rows))
+    estimate = out["mean_entropy"].to_list()
+    assert estimate[0] < estimate[1] < estimate[2]
+    assert all(e < t for e, t in zip(estimate, true))  # a lower bound
+    # by hand for exponent 2: top-5 mass 0.8898, p_min = p5 = 0.02432, residual 0.1102 = 4 tokens of p5 + 0.0129
+    top = zipf(2.0)[:5]
+    residual, p_min = 1 - top.sum(), top[-1]
+    assert (residual, p_min) == pytest.approx((0.11021, 0.024318), rel=1e-4)
+    remainder = residual - 4 * p_min
+    by_hand = -(top * np.log(top)).sum() - 4 * p_min * np.log(p_min) - remainder * np.log(remainder)
+    assert estimate[0] == pytest.approx(by_hand, rel=1e-5)
+    assert estimate == pytest.approx([1.403, 3.014, 6.010], abs=2e-3)
+    assert set(dropped(out)) == {"zipf0.6"}
 
 
 def test_entropy_quantile_cut_uses_rows_still_kept():

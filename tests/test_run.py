@@ -194,3 +194,66 @@ def test_runs_list_and_show(tmp_path, server, run_cli, monkeypatch):
     assert code == 0 and "task-0-respond" in out and "publish" in out
     code, _, err = run_cli("runs", "show", "nope", "--runs", tmp_path / "runs")
     assert code == 1 and "no run at" in err
+
+
+def test_judge_over_real_http_succeeds_on_the_first_run(tmp_path, server):
+    # The judge and the task share the run's one event loop: keep-alive connections opened
+    # by the judge are closed on the loop that opened them ("Event loop is closed" before).
+    judge = {"stage": "judge", "min_score": None, "batch_size": 8, "on_unparsable": "keep", "allow_unparsable": True}
+    config = write_config(tmp_path, server.url, curation=[{"stage": "exact_dedup"}, judge])
+    code, out, err = stillhouse(config)
+    assert code == 0, err[-3000:]
+    assert "Event loop is closed" not in err + out
+    # one respond and one judge request per seed, and the judge's one retry of each reply
+    # (the fake server's words never end in a parsable `Score: N` line)
+    assert server.counts["requests"] == 3 * len(SEEDS)
+    kept = DatasetStore(tmp_path / "datasets").resolve("resume@latest").read_all()
+    assert "judge_score" in kept.columns
+
+
+def test_a_teacher_that_fails_every_request_publishes_nothing_then_a_rerun_completes(tmp_path):
+    with FakeOpenAIServer(latency_s=0.0) as good:
+        config = write_config(tmp_path, good.url)
+        code, _, err = stillhouse(config)
+        assert code == 0, err
+    store = DatasetStore(tmp_path / "datasets")
+    assert store.versions("resume") == [1]
+    # A second run over new seeds whose teacher answers nothing must not replace @latest.
+    (tmp_path / "seeds.jsonl").write_text("".join(json.dumps({"prompt": f"{s} (again)"}) + "\n" for s in SEEDS))
+    with FakeOpenAIServer(fault_rate=1.0, faults=("500",)) as dead:
+        config = write_config(tmp_path, dead.url)
+        code, out, err = stillhouse(config)
+        assert dead.counts["requests"] == len(SEEDS)
+    assert code == 1
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "answered none of 24 request(s)" in errors[0], err
+    assert store.versions("resume") == [1]
+    state = json.loads((tmp_path / "runs" / "resume" / "state.json").read_text())
+    assert state["status"] == "failed"
+    assert state["steps"]["task-0-respond"]["status"] == "failed"
+    assert "answered none" in state["steps"]["task-0-respond"]["error"]
+    # The server recovers: the same command sends exactly the requests never answered.
+    with FakeOpenAIServer() as recovered:
+        code, _, err = stillhouse(write_config(tmp_path, recovered.url))
+        assert code == 0, err
+        assert recovered.counts["requests"] == len(SEEDS)
+    assert store.versions("resume") == [1, 2]
+
+
+def test_partial_failure_publishes_and_the_next_run_retries_only_the_failed(tmp_path):
+    marker = "topic number 1"  # seeds 1 and 10..19 always get a 500
+    failing = [s for s in SEEDS if marker in s]
+    with FakeOpenAIServer(always_fail_marker=marker) as flaky:
+        code, out, err = stillhouse(write_config(tmp_path, flaky.url))
+        assert code == 0, err
+        assert flaky.counts["requests"] == len(SEEDS)
+        assert f"{len(failing)} teacher request(s) failed" in out
+        state = json.loads((tmp_path / "runs" / "resume" / "state.json").read_text())
+        assert state["status"] == "partial" and state["steps"]["task-0-respond"]["status"] == "partial"
+        flaky.always_fail_marker = None  # the server recovers
+        code, out, err = stillhouse(write_config(tmp_path, flaky.url))
+        assert code == 0, err
+        assert flaky.counts["requests"] == len(SEEDS) + len(failing)  # the cache answers the rest
+    state = json.loads((tmp_path / "runs" / "resume" / "state.json").read_text())
+    assert state["status"] == "finished"

@@ -59,7 +59,18 @@ def test_only_stop_words(response, eliminated):
 
 @pytest.mark.parametrize(
     "verdict, reason",
-    [("Yes", "no_information_gain"), ("yes, they are equal", "no_information_gain"), ("No.", None), ("", None)],
+    [
+        ("Equal", "no_information_gain"),
+        ("Not Equal", None),  # the old parser read both of these as no verdict
+        ("NOT EQUAL.", None),
+        ("**Not equal**", None),
+        ("They differ in depth, so: Not Equal", None),
+        ("At first glance not equal, but on reflection: Equal", "no_information_gain"),
+        ("No new constraint is added, so yes.", "no_information_gain"),  # yes, they are equal
+        ("No.", None),
+        ("", "unparsable_equality_verdict: ''"),
+        ("I am unsure.", "unparsable_equality_verdict: 'I am unsure.'"),
+    ],
 )
 def test_no_information_gain(verdict, reason):
     assert NoInformationGain().check(verdict) == reason
@@ -82,8 +93,9 @@ def script(request):
         if "SAME" in parent:
             return parent + " please"
         return f"{parent} Add step {request.seed % 997}."
-    if prompt.startswith("Compare the two instructions"):
-        return "Yes, they ask for the same." if prompt.rstrip().endswith("please") else "No"
+    if prompt.startswith("Here are two instructions"):
+        evolved = prompt.split("The second instruction:\n")[1].split("\n\n")[0]
+        return "Equal" if evolved.endswith("please") else "Not Equal"
     if "SORRY" in prompt:
         return "Sorry, I can't do that."
     if "STOPWORDS" in prompt:
@@ -167,7 +179,8 @@ def test_evol_instruct_is_deterministic_and_mutations_follow_config():
 
 def test_evol_instruct_eliminates_evolutions_the_judge_could_not_judge():
     def judge_fails(request):
-        return Failure("judge timed out") if last_user(request).startswith("Compare") else script(request)
+        judging = last_user(request).startswith("Here are two instructions")
+        return Failure("judge timed out") if judging else script(request)
 
     result = run(ScriptedTeacher(judge_fails), CONFIG.model_copy(update={"generations": 1}))
     kept = result.filter(pl.col("drop_stage").is_null())
@@ -185,7 +198,7 @@ def test_evol_instruct_without_gain_check_and_with_failures():
     teacher = ScriptedTeacher(failing)
     task = build_task(config)
     result = asyncio.run(task.run(parent_records(), teacher))
-    assert not any(last_user(r).startswith("Compare the two") for r in teacher.requests)
+    assert not any(last_user(r).startswith("Here are two instructions") for r in teacher.requests)
     assert task.stats["failed_requests"] == 1
     # without the judge, the SAME evolution survives
     assert result.filter(pl.col("instruction") == "SAME Name three fruits. please")["drop_stage"].to_list() == [None]

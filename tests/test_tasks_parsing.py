@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 from factory.tasks.parsing import (
     Instance,
     extract_final_answer,
+    final_answer_expr,
     parse_instances,
     parse_numbered_list,
     parse_yes_no,
@@ -118,6 +120,9 @@ def test_instances_malformed():
     [
         ("2 + 2 = 4.\nFinal answer: 4", "4"),
         ("Final answer: 3\nWait, recheck.\nFinal Answer: **5**", "5"),
+        ("Before the final answer, add 5 and 7.\nFinal answer: 12", "12"),
+        ("So the final answer is 12.", "12."),
+        ("The answer is $36.00.", "$36.00."),
         ("no marker here", None),
         ("Final answer:   ", None),
         (None, None),
@@ -125,3 +130,5 @@ def test_instances_malformed():
 )
 def test_final_answer(text, answer):
     assert extract_final_answer(text) == answer
+    # the polars expression curation uses is the same parser
+    assert pl.select(final_answer_expr(pl.lit(text, dtype=pl.String))).item() == answer

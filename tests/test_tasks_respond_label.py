@@ -63,6 +63,7 @@ def test_respond_n_samples_with_logprobs():
     assert len(teacher.requests) == 2  # the dropped row is not answered
     answered = result.filter(pl.col("drop_stage").is_null())
     assert answered["samples"].list.len().to_list() == [3, 3]
+    assert result.schema["chosen_sample"] == pl.Int32  # a record-schema column
     for row in answered.to_dicts():
         chosen = row["samples"][row["chosen_sample"]]
         assert row["response"] == chosen["text"] and chosen["finish_reason"] == "stop"

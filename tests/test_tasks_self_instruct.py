@@ -16,6 +16,8 @@ from factory.errors import SchemaError
 from factory.shards import ShardWriter, read_shards
 from factory.tasks import SelfInstructConfig, build_task
 from factory.tasks.base import new_record
+from factory.tasks.instruction_filters import EmptyOutput, EndsWithColon, OutputCopiesInput, SameInputDifferentOutput
+from factory.tasks.parsing import Instance
 from factory.tasks.self_instruct import load_seed_tasks
 
 SEEDS = [
@@ -65,7 +67,7 @@ def script(request):
         return "Yes." if "Classify" in prompt else "No, it is open-ended."
     if prompt.startswith("The task below asks to pick a class label"):
         return "Label: positive\nInput: What a lovely day.\n\nLabel: negative\nInput: Terrible food."
-    if prompt.startswith("Write 2 example instances"):
+    if prompt.startswith("Write 5 example instances"):
         return "Input: <noinput>\nOutput: An answer.\n\nInput: a second input\nOutput: Another answer."
     raise AssertionError(f"unexpected prompt: {prompt[:80]}")
 
@@ -83,7 +85,9 @@ def test_self_instruct_end_to_end(tmp_path):
     kept = result.filter(pl.col("drop_stage").is_null())
     dropped = result.filter(pl.col("drop_stage").is_not_null())
 
-    assert kept.height == CONFIG.target_size
+    # one row per instance: every kept instruction comes with its instances' inputs
+    assert kept["instruction"].n_unique() == CONFIG.target_size
+    assert kept.height == 2 * CONFIG.target_size
     assert set(result["origin"]) == {"self_instruct"}
     assert (dropped["drop_stage"] == "self_instruct").all()
     codes = {reason.split(":")[0] for reason in dropped["drop_reason"]}
@@ -92,16 +96,24 @@ def test_self_instruct_end_to_end(tmp_path):
     assert all(float(reason.split("=")[1]) > 0.7 for reason in similar)
     assert not result["instruction"].str.contains("TRUNCATED").any()  # the cut-off last item is dropped
 
-    # classification tasks: identified by the teacher, instances generated output-first
+    # classification tasks: identified by the teacher, instances generated output-first, one row per label
     classification = kept.filter(pl.col("is_classification"))
     assert classification.height > 0
     assert classification["instruction"].str.starts_with("Classify").all()
-    assert (classification["input"] == "What a lovely day.").all()
-    assert (kept.filter(~pl.col("is_classification"))["input"] == "").all()  # <noinput> -> empty input
+    by_input = dict(classification.select("input", "instance_output").unique().iter_rows())
+    assert by_input == {"What a lovely day.": "positive", "Terrible food.": "negative"}
+    open_ended = kept.filter(~pl.col("is_classification"))
+    assert set(open_ended["input"]) == {"", "a second input"}  # <noinput> -> empty input
     instance_prompts = [last_user(r) for r in teacher.requests if "example instances" in last_user(r)]
     label_prompts = [last_user(r) for r in teacher.requests if "pick a class label" in last_user(r)]
-    assert len(label_prompts) == classification.height
-    assert len(instance_prompts) == kept.height - classification.height
+    assert len(label_prompts) == classification["instruction"].n_unique()
+    assert len(instance_prompts) == open_ended["instruction"].n_unique()
+    # the paper's penalties: presence 2 for new instructions, 1.5 for instances
+    penalties = {
+        (r.presence_penalty, r.frequency_penalty) for r in teacher.requests if "example instances" in last_user(r)
+    }
+    assert penalties == {(1.5, 0.0)}
+    assert {r.presence_penalty for r in teacher.requests if last_user(r).startswith("We are collecting")} == {2.0}
 
     # in-context sampling: 8 human seeds first, then 6 human + 2 machine once the pool has some
     generation_prompts = [last_user(r) for r in teacher.requests if last_user(r).startswith("We are collecting")]
@@ -154,7 +166,7 @@ def test_load_seed_tasks_real_file():
     assert set(frame["origin"]) == {"seed"}
     assert 0 < frame["is_classification"].sum() < 175
     result = run_task(CONFIG.model_copy(update={"target_size": 4}), frame, ScriptedTeacher(script))
-    assert result.filter(pl.col("drop_stage").is_null()).height == 4
+    assert result.filter(pl.col("drop_stage").is_null())["instruction"].n_unique() == 4
 
 
 def test_load_seed_tasks_names_bad_line(tmp_path):
@@ -163,3 +175,58 @@ def test_load_seed_tasks_names_bad_line(tmp_path):
     path.write_text(json.dumps(good) + "\n" + '{"id": "t2", "name": "broken"}\n')
     with pytest.raises(SchemaError, match=r"seeds.jsonl:2"):
         load_seed_tasks(path)
+
+
+def test_instance_filters_each_name_their_reason():
+    assert EmptyOutput().check(Instance("x", " ")) == "empty_output"
+    assert OutputCopiesInput().check(Instance("same", "same ")) == "output_copies_input"
+    assert EndsWithColon().check(Instance("Translate:", "Bonjour")) == "incomplete_instance: input ends with ':'"
+    assert EndsWithColon().check(Instance("a", "The steps are:")) == "incomplete_instance: output ends with ':'"
+    good = Instance("2 + 2", "4")
+    assert all(f.check(good) is None for f in (EmptyOutput(), OutputCopiesInput(), EndsWithColon()))
+    rule = SameInputDifferentOutput()
+    assert rule.check([Instance("", "a"), Instance("", "b")]) is None  # no input: alternatives are fine
+    assert rule.check([good, good]) is None
+    assert rule.check([good, Instance("2 + 2", "5")]) == "same_input_different_output: '2 + 2'"
+
+
+def test_self_instruct_keeps_up_to_five_instances_and_drops_bad_ones():
+    instance_replies = {
+        "Explain": "\n".join(
+            [
+                "Input: first input\nOutput: first output",
+                "Input: echo\nOutput: echo",  # output copies input
+                "Input: empty one\nOutput:",  # empty output
+                "Input: first input\nOutput: first output",  # exact duplicate: collapses
+                "Input: cut\nOutput: The answer is:",  # incomplete
+                "Input: sixth\nOutput: beyond the five asked for",
+            ]
+        ),
+        "Classify": "Label: positive\nInput: Nice.\nLabel: negative\nInput: Nice.",  # one input, two labels
+    }
+
+    def bad_instances(request):
+        prompt = last_user(request)
+        if prompt.startswith("Write 5 example instances") or prompt.startswith("The task below asks"):
+            return instance_replies["Classify" if "Classify" in prompt else "Explain"]
+        return script(request)
+
+    config = CONFIG.model_copy(update={"target_size": 4, "max_rounds": 1})
+    task = build_task(config)
+    result = asyncio.run(task.run(seed_records(), ScriptedTeacher(bad_instances)))
+    rows = result.filter(pl.col("drop_reason").is_null() | ~pl.col("drop_reason").str.contains("similar|short|start"))
+    explain = rows.filter(pl.col("instruction").str.starts_with("Explain"))
+    per_task = explain.group_by("instruction").agg(pl.col("input").sort(), pl.col("drop_reason").sort_by("input"))
+    assert per_task.height >= 1
+    for inputs, reasons in zip(per_task["input"], per_task["drop_reason"]):
+        assert inputs.to_list() == ["cut", "echo", "empty one", "first input"]
+        assert reasons.to_list() == [
+            "incomplete_instance: output ends with ':'",
+            "output_copies_input",
+            "empty_output",
+            None,
+        ]
+    assert task.stats["duplicate_instances"] == per_task.height
+    classify = rows.filter(pl.col("instruction").str.starts_with("Classify"))
+    assert classify.height >= 1 and classify["drop_reason"].str.starts_with("same_input_different_output").all()
+    assert (classify["input"] == "").all()  # the task's own row, not an instance

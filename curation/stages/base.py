@@ -150,14 +150,22 @@ def keep_best_of_groups(roots: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray
 
 
 def chosen_samples(frame: pl.DataFrame, fields: list[str]) -> pl.DataFrame:
-    """The chosen sample's `fields` for every row, in row order: the sample whose text is the
-    row's `response`, else the first sample; nulls where a row has no samples."""
+    """The chosen sample's `fields` for every row, in row order: `samples[chosen_sample]`; for rows
+    without an index (frames written before the column existed) the sample whose text is the
+    row's `response`, else the first sample; nulls where a row has no such sample."""
     response = pl.col("response") if "response" in frame.columns else pl.lit(None, dtype=pl.String)
+    index = pl.col("chosen_sample") if "chosen_sample" in frame.columns else pl.lit(None, dtype=pl.Int32)
     exploded = (
-        frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), response.alias("_response"), "samples")
+        frame.select(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
+            response.alias("_response"),
+            index.cast(pl.Int64).alias("_index"),
+            "samples",
+        )
         .explode("samples")
         .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("_row").alias("_pos"))
         .filter(pl.col("samples").is_not_null())
+        .filter(pl.col("_index").is_null() | (pl.col("_pos") == pl.col("_index")))
         .with_columns((pl.col("samples").struct.field("text") == pl.col("_response")).fill_null(False).alias("_match"))
         .sort(["_row", "_match", "_pos"], descending=[False, True, False])
         .unique("_row", keep="first", maintain_order=True)

@@ -1,33 +1,39 @@
-"""Self-consistency: do the teacher's n samples for a prompt agree with each other?
+"""Self-consistency (Wang et al., 2022): do the teacher's n samples for a prompt agree, and keep the majority.
 
 - classification: share of samples whose parsed label is the majority label;
-- final answer ("Final answer: X", "The answer is X", \\boxed{X}, else the last number):
-  share of samples whose normalised answer is the majority answer;
-- open-ended: mean pairwise token Jaccard similarity of the samples.
+- final answer (`factory.tasks.parsing`'s marker, last match: "Final answer: X",
+  "The answer is X"): share of samples whose normalised answer is the majority answer;
+- open-ended: mean pairwise similarity of the samples. The default
+  (`similarity: embedding_jaccard`) is the mean of two views of a pair: the cosine
+  of offline MiniLM sentence embeddings, which sees rewording, and word Jaccard,
+  which sees the exact names and numbers that embeddings blur; `embedding` and
+  `jaccard` use one alone. On MRPC (pairs people labelled paraphrase or not) the
+  mean separated best on the train split; each measure's default `min_similarity`
+  is the threshold with the largest TPR - FPR there. `benchmarks/consistency_mrpc.py`
+  recomputes both and reports AUC, precision and recall on the test split.
 
-Unparsable samples count against agreement. Rows with fewer than two samples get no
-score (null) and are never dropped here. All of it runs on exploded samples with polars.
+Unparsable samples count against agreement. For the two answer methods the row's
+`response` becomes a sample holding the majority answer (one that finished on its
+own, then the best mean token logprob, then the earliest), and `chosen_sample` its
+index, so the consistency score describes the text that is kept; among answers
+tied for the majority, the one with the best such sample wins. Rows an earlier
+stage dropped keep their response. Rows with fewer than two samples get no score
+(null) and are never dropped here. All of it runs on exploded samples with polars.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import polars as pl
 
 from curation.config import ConsistencyConfig
 from curation.stages.base import Stage
+from curation.stages.semantic_dedup import Encoder, sentence_transformer_encoder
+from factory.tasks.parsing import final_answer_expr
 
-ANSWER_PATTERNS = [
-    r"(?i)final answer\s*(?:is)?\s*[:：]?\s*([^\n]+)",
-    r"(?i)the answer is\s*[:：]?\s*([^\n]+)",
-    r"\\boxed\{([^{}]*)\}",
-]
 NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
-
-
-def explicit_answer(text: pl.Expr) -> pl.Expr:
-    return pl.coalesce([text.str.extract(pattern, 1) for pattern in ANSWER_PATTERNS])
 
 
 def normalize_answer(answer: pl.Expr) -> pl.Expr:
@@ -51,10 +57,17 @@ def parse_label(text: pl.Expr, labels: list[str]) -> pl.Expr:
 
 
 class Consistency(Stage):
-    def __init__(self, config: ConsistencyConfig | None = None) -> None:
+    def __init__(self, config: ConsistencyConfig | None = None, encoder: Encoder | None = None) -> None:
         super().__init__()
         self.config = config or ConsistencyConfig()
         self.name = self.config.name or "consistency"
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = sentence_transformer_encoder(self.config.model, self.config.batch_size)
+        return self._encoder
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -64,46 +77,84 @@ class Consistency(Stage):
         samples = (
             frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), "samples")
             .explode("samples")
-            .filter(pl.col("samples").is_not_null())
-            .select("_row", pl.col("samples").struct.field("text").fill_null("").alias("text"))
             .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("_row").alias("_sample"))
+            .filter(pl.col("samples").is_not_null())
+            .select(
+                "_row",
+                "_sample",
+                pl.col("samples").struct.field("text").fill_null("").alias("text"),
+                (pl.col("samples").struct.field("finish_reason") == "stop").fill_null(False).alias("_stopped"),
+                pl.col("samples").struct.field("logprobs").list.mean().alias("_mean_logprob"),
+            )
         )
         labels = self._labels(frame)
         method = self._methods(samples, labels)
-        samples = samples.join(method, on="_row", how="left")
-        answers = samples.with_columns(
+        samples = samples.join(method, on="_row", how="inner")
+        answers = samples.filter(pl.col("method") != "similarity").with_columns(
             pl.when(pl.col("method") == "label")
             .then(parse_label(pl.col("text"), labels) if labels else pl.lit(None, dtype=pl.String))
-            .when(pl.col("method") == "final_answer")
-            .then(
-                normalize_answer(
-                    pl.coalesce(explicit_answer(pl.col("text")), pl.col("text").str.extract_all(NUMBER).list.last())
-                )
-            )
+            .otherwise(normalize_answer(final_answer_expr(pl.col("text"))))
             .alias("answer")
         )
-        scores = pl.concat(
-            [self._majority_share(answers.filter(pl.col("method") != "similarity")), self._similarity(samples)],
-            how="vertical",
-        )
+        open_samples = samples.filter(pl.col("method") == "similarity")
+        similarity = self._open_similarity(open_samples)
+        scores = pl.concat([self._majority_share(answers), similarity], how="vertical")
         rows = pl.DataFrame({"_row": pl.int_range(frame.height, dtype=pl.Int64, eager=True)})
-        scored = rows.join(scores, on="_row", how="left").join(method, on="_row", how="left").sort("_row")
+        scored = (
+            rows.join(scores, on="_row", how="left")
+            .join(method, on="_row", how="left")
+            .join(self._majority_sample(answers), on="_row", how="left")
+            .sort("_row")
+        )
         frame = frame.with_columns(
             scored["consistency"].alias("consistency"),
             pl.when(scored["consistency"].is_not_null()).then(scored["method"]).alias("consistency_method"),
         )
-        if self.config.min_consistency is None:
-            return frame
+        frame = self._keep_majority_sample(frame, scored)
+        limits = [
+            ("similarity", self.config.min_similarity),
+            ("label", self.config.min_consistency),
+            ("final_answer", self.config.min_consistency),
+        ]
+        limit = pl.lit(None, dtype=pl.Float64)
+        for method_name, value in limits:
+            if value is not None:
+                limit = pl.when(pl.col("consistency_method") == method_name).then(pl.lit(value)).otherwise(limit)
         return self.drop(
             frame,
-            pl.col("consistency") < self.config.min_consistency,
+            pl.col("consistency") < limit,
             pl.format(
                 "low_consistency: {} {} < {}",
                 pl.col("consistency_method"),
                 pl.col("consistency").round(2),
-                pl.lit(self.config.min_consistency),
+                limit,
             ),
         )
+
+    @staticmethod
+    def _keep_majority_sample(frame: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
+        """`response` and `chosen_sample` become the majority sample on rows still kept."""
+        replace = scored["_chosen"].is_not_null() & frame["drop_stage"].is_null()
+        updates = [
+            pl.when(replace)
+            .then(scored["_chosen"])
+            .otherwise(pl.col("chosen_sample"))
+            .cast(pl.Int32)
+            .alias("chosen_sample"),
+            pl.when(replace).then(scored["_chosen_text"]).otherwise(pl.col("response")).alias("response"),
+        ]
+        if "chosen_sample" not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.Int32).alias("chosen_sample"))
+        if "response" not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("response"))
+        if "final_answer" in frame.columns:  # respond's chain-of-thought column describes the kept text
+            updates.append(
+                pl.when(replace)
+                .then(final_answer_expr(pl.lit(scored["_chosen_text"])))
+                .otherwise(pl.col("final_answer"))
+                .alias("final_answer")
+            )
+        return frame.with_columns(updates)
 
     def _labels(self, frame: pl.DataFrame) -> list[str]:
         if self.config.labels:
@@ -116,7 +167,7 @@ class Consistency(Stage):
         """Which agreement measure each row gets (only rows with at least two samples)."""
         mode = self.config.mode
         per_row = samples.group_by("_row").agg(
-            pl.len().alias("n"), explicit_answer(pl.col("text")).is_not_null().all().alias("all_answered")
+            pl.len().alias("n"), final_answer_expr(pl.col("text")).is_not_null().all().alias("all_answered")
         )
         if mode == "classification" or (mode == "auto" and labels):
             method = pl.lit("label")
@@ -130,24 +181,58 @@ class Consistency(Stage):
 
     @staticmethod
     def _majority_share(answers: pl.DataFrame) -> pl.DataFrame:
-        majority = (
-            answers.filter(pl.col("answer").is_not_null())
-            .group_by("_row", "answer")
-            .len()
-            .group_by("_row")
-            .agg(pl.col("len").max().alias("agree"))
-        )
-        return (
-            answers.select("_row", "n")
-            .unique("_row")
-            .join(majority, on="_row", how="left")
-            .select("_row", (pl.col("agree").fill_null(0) / pl.col("n")).alias("consistency"))
+        """Share of a row's samples that hold its most common answer (unparsed samples count against)."""
+        return answers.group_by("_row").agg(
+            (pl.col("answer").drop_nulls().unique_counts().max().fill_null(0) / pl.len()).alias("consistency")
         )
 
     @staticmethod
-    def _similarity(samples: pl.DataFrame) -> pl.DataFrame:
-        """Mean pairwise token Jaccard over every pair of samples of a row."""
-        open_rows = samples.filter(pl.col("method") == "similarity")
+    def _majority_sample(answers: pl.DataFrame) -> pl.DataFrame:
+        """Per row, the best sample among those holding a majority answer: `_chosen` index, `_chosen_text`."""
+        voted = answers.filter(pl.col("answer").is_not_null()).with_columns(
+            pl.len().over("_row", "answer").alias("_votes")
+        )
+        return (
+            voted.sort(
+                ["_row", "_votes", "_stopped", "_mean_logprob", "_sample"],
+                descending=[False, True, True, True, False],
+                nulls_last=True,
+            )
+            .unique("_row", keep="first", maintain_order=True)
+            .select("_row", pl.col("_sample").alias("_chosen"), pl.col("text").alias("_chosen_text"))
+        )
+
+    def _open_similarity(self, open_rows: pl.DataFrame) -> pl.DataFrame:
+        """`_row`, `consistency` for open-ended rows under the configured measure."""
+        measure = self.config.similarity
+        if measure == "jaccard":
+            return self._jaccard_similarity(open_rows)
+        if measure == "embedding":
+            return self._embedding_similarity(open_rows)
+        both = self._embedding_similarity(open_rows).join(
+            self._jaccard_similarity(open_rows), on="_row", suffix="_jaccard"
+        )
+        return both.select("_row", ((pl.col("consistency") + pl.col("consistency_jaccard")) / 2).alias("consistency"))
+
+    def _embedding_similarity(self, open_rows: pl.DataFrame) -> pl.DataFrame:
+        """Mean pairwise cosine of the samples' unit embeddings: for a row's n unit vectors with sum s,
+        the n(n-1) ordered pairs' dot products add up to |s|^2 - n."""
+        if open_rows.height == 0:
+            return pl.DataFrame(schema={"_row": pl.Int64, "consistency": pl.Float64})
+        open_rows = open_rows.sort("_row", "_sample")
+        vectors = self.encoder(open_rows["text"].to_list()).astype(np.float64)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # the identity needs unit length
+        rows = open_rows["_row"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        sums = np.add.reduceat(vectors, starts, axis=0)
+        n = np.diff(np.r_[starts, len(rows)]).astype(np.float64)
+        mean_cosine = ((sums**2).sum(axis=1) - n) / (n * (n - 1))
+        # samples pointing apart agree no more than unrelated ones: as for the other scores, 0 is no agreement
+        return pl.DataFrame({"_row": rows[starts], "consistency": mean_cosine.clip(0.0, 1.0)})
+
+    @staticmethod
+    def _jaccard_similarity(open_rows: pl.DataFrame) -> pl.DataFrame:
+        """Mean pairwise word Jaccard over every pair of samples of a row."""
         tokens = (
             open_rows.select(
                 "_row", "_sample", pl.col("text").str.to_lowercase().str.extract_all(r"\w+").alias("token")

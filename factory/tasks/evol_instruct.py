@@ -4,7 +4,8 @@ Each generation rewrites every active instruction with one mutation drawn from t
 config (four in-depth ones: add constraints, deepen, concretize, increase
 reasoning steps; and in-breadth), using distilabel's canonical templates rendered
 here. An evolution is eliminated, with its reason recorded, when it copies the
-rewriting scaffold, when the teacher judges it no richer than its parent, when its
+rewriting scaffold, when the teacher judges it "Equal" to its parent (the paper's
+equality check: same constraints, depth and breadth) or gives no readable verdict, when its
 answer is a short "sorry", or when its answer is only punctuation and stop words.
 A survivor replaces its parent for the next generation; after a failure the parent
 is evolved again, as in the paper. The rewritten prompt is the parent's instruction
@@ -35,7 +36,7 @@ from factory.tasks.base import (
     stable_seed,
 )
 from factory.tasks.config import EvolInstructConfig
-from factory.tasks.parsing import parse_yes_no
+from factory.tasks.parsing import parse_equal_verdict
 from factory.teachers.base import Generation, Teacher, TeacherRequest
 
 STAGE = "evol_instruct"
@@ -49,11 +50,14 @@ TEMPLATE_KEYS = {
     "in_breadth": "BREADTH",
 }
 
+# The paper's equality check (Xu et al. 2023, appendix G): same constraints and requirements,
+# same depth and breadth; the judge answers "Equal" or "Not Equal".
 EQUALITY_PROMPT = (
-    "Compare the two instructions below. Reply yes if the second one asks for essentially the same "
-    "thing as the first, adding no new constraint, depth, detail or breadth. Reply no if it asks for "
-    "more than the first or for something different.\n\nFirst instruction:\n{parent}\n\n"
-    "Second instruction:\n{evolved}"
+    "Here are two instructions for an AI assistant. Are they equal to each other, meaning that:\n"
+    "1. they have the same constraints and requirements, and\n"
+    "2. they have the same depth and breadth of inquiry?\n\n"
+    "The first instruction:\n{parent}\n\nThe second instruction:\n{evolved}\n\n"
+    "Your judgement (answer only Equal or Not Equal, without explanation):"
 )
 
 
@@ -102,10 +106,14 @@ class OnlyStopWords:
 
 
 class NoInformationGain:
-    """The teacher judged the evolution to ask for nothing more than its parent (its verdict: yes)."""
+    """The teacher judged the evolution equal to its parent: it adds no information. An unreadable
+    verdict is no judgement, so that evolution does not pass either."""
 
     def check(self, verdict: str | None) -> str | None:
-        return "no_information_gain" if parse_yes_no(verdict) is True else None
+        equal = parse_equal_verdict(verdict)
+        if equal is None:
+            return f"unparsable_equality_verdict: {(verdict or '').strip()[:40]!r}"
+        return "no_information_gain" if equal else None
 
 
 class EvolInstruct(Task):
@@ -207,7 +215,7 @@ class EvolInstruct(Task):
                         evolved=row["instruction"],
                     ),
                     temperature=0.0,
-                    max_tokens=8,
+                    max_tokens=16,
                     seed=stable_seed(config.seed, "gain", row["id"]),
                 )
                 for index, row in candidates

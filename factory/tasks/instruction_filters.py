@@ -1,4 +1,5 @@
-"""Self-Instruct's filters for new instructions: one small class per rule, each naming its reason.
+"""Self-Instruct's filters for new instructions and their generated instances: one small class per rule,
+each naming its reason.
 
 `check(text)` returns None to keep the instruction, else a drop reason
 (`code` or `code: detail`, as the funnel expects).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 
 from factory.tasks.novelty import RougeLPool, is_too_similar
+from factory.tasks.parsing import Instance
 
 # Things a text-only model cannot see, draw or play (the paper's keyword list).
 UNSUITABLE_KEYWORDS = (
@@ -67,3 +69,42 @@ class TooSimilar:
     def check(self, text: str) -> str | None:
         score, _ = self.pool.max_similarity(text)
         return f"too_similar: rouge_l={score:.3f}" if is_too_similar(score, self.threshold) else None
+
+
+# --- instance filters (the paper's `filter_invalid_instances` / `filter_duplicate_instances`) ---
+# `check(instance)` returns None to keep a generated (input, output) instance, else a drop reason.
+
+
+class EmptyOutput:
+    def check(self, instance: Instance) -> str | None:
+        return "empty_output" if not instance.output.strip() else None
+
+
+class OutputCopiesInput:
+    def check(self, instance: Instance) -> str | None:
+        return "output_copies_input" if instance.output.strip() == instance.input.strip() else None
+
+
+class EndsWithColon:
+    """An input or output ending with ':' is usually a generation cut off before its content."""
+
+    def check(self, instance: Instance) -> str | None:
+        for name, value in (("input", instance.input), ("output", instance.output)):
+            if value.strip().endswith(":"):
+                return f"incomplete_instance: {name} ends with ':'"
+        return None
+
+
+class SameInputDifferentOutput:
+    """A task whose instances give one non-empty input two different outputs is ambiguous: the
+    paper drops all of its instances. `check(instances)` judges the whole task."""
+
+    def check(self, instances: list[Instance]) -> str | None:
+        outputs: dict[str, str] = {}
+        for instance in instances:
+            if not instance.input:
+                continue
+            seen = outputs.setdefault(instance.input, instance.output)
+            if seen != instance.output:
+                return f"same_input_different_output: {instance.input[:60]!r}"
+        return None

@@ -10,11 +10,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import polars as pl
+
 # "3. text", "3) text", "3: text", "3 - text", "#3. text", "Task 3: text", "**3.** text"
 NUMBERED_ITEM = re.compile(r"^\s*(?:\*\*)?(?:#\s*|task\s+|instruction\s+)?(\d{1,3})\s*(?:[.):]|\s-)\**\s*(.*)$", re.I)
 ITEM_LABEL = re.compile(r"^(?:\*\*)?(?:instruction|task|prompt)\s*:\s*(?:\*\*)?\s*", re.I)
 YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.I)
-FINAL_ANSWER = re.compile(r"final answer\s*[:\-]\s*(.+)", re.I)
+EQUAL_VERDICT = re.compile(r"\b(not\s+equal|unequal|equal)\b", re.I)
+YES_NO_WORD = re.compile(r"\b(yes|no)\b", re.I)
+# "Final answer: X", "final answer is X", "The answer is X". One pattern for the Python parser
+# and the polars expression below (its syntax is valid for both `re` and Rust's regex).
+FINAL_ANSWER_PATTERN = r"(?i)\b(?:final answer\s*(?:is\b\s*:?|[:\-])|the answer is\b\s*:?)\s*(.+)"
+FINAL_ANSWER = re.compile(FINAL_ANSWER_PATTERN)
 NO_INPUT = {"", "<noinput>", "<no input>", "none", "n/a", "null", "-", "no input", "(none)", "<none>"}
 
 
@@ -63,6 +70,22 @@ def parse_yes_no(text: str | None) -> bool | None:
     if match is None:
         return None
     return match.group(1).lower() in ("yes", "true")
+
+
+def parse_equal_verdict(text: str | None) -> bool | None:
+    """Evol-Instruct's equality check: True for "Equal", False for "Not Equal", None for neither.
+
+    The last verdict word wins (the conclusion follows the reasoning). A reply that
+    answers the question "are they equal?" with yes/no instead is read the same way:
+    "No new constraint is added, so yes." is equal.
+    """
+    if not text:
+        return None
+    verdicts = EQUAL_VERDICT.findall(text)
+    if verdicts:
+        return verdicts[-1].lower() == "equal"
+    answers = YES_NO_WORD.findall(text)
+    return answers[-1].lower() == "yes" if answers else None
 
 
 @dataclass(frozen=True)
@@ -117,7 +140,10 @@ def _instance(lead: str, lead_value: str, second_value: str) -> Instance:
 
 
 def extract_final_answer(text: str | None) -> str | None:
-    """The text after the last "Final answer:" marker (first line of it), or None."""
+    """The rest of the line after the last final-answer marker ("Final answer:", "The answer is"), or None.
+
+    The last one wins: reasoning often says "final answer" before it gives one.
+    """
     if not text:
         return None
     matches = FINAL_ANSWER.findall(text)
@@ -125,3 +151,10 @@ def extract_final_answer(text: str | None) -> str | None:
         return None
     answer = matches[-1].strip().strip("*").strip()
     return answer or None
+
+
+def final_answer_expr(text: pl.Expr) -> pl.Expr:
+    """`extract_final_answer` as a polars expression (same pattern, same last match, same cleaning)."""
+    last = text.str.extract_all(FINAL_ANSWER_PATTERN).list.last().str.extract(FINAL_ANSWER_PATTERN, 1)
+    answer = last.str.strip_chars().str.strip_chars("*").str.strip_chars()
+    return pl.when(answer != "").then(answer)

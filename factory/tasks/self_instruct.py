@@ -4,8 +4,13 @@ Each round asks the teacher to continue a numbered list of in-context instructio
 sampled from the pool (human seeds plus, once there are some, machine ones), parses
 the new items, filters them (ROUGE-L novelty against the whole pool, unsuitable for
 a text model, too short/long, bad start), asks whether each kept one is a
-classification task, and generates instances: input-first, or output-first (label
-then input) for classification so every class gets examples. Rounds repeat until the
+classification task, and generates up to `instances_per_task` (5, as the paper)
+instances: input-first, or output-first (label then input) for classification so
+every class gets examples. Each surviving instance becomes one record (the
+instruction with that instance's input; its generated output in `instance_output`).
+The paper's instance filters apply: an empty output, an output that copies the
+input, an input or output ending in ':' drop that instance; one input given two
+different outputs drops the whole task; duplicates collapse. Rounds repeat until the
 pool has `target_size` machine instructions or `max_rounds` have run.
 """
 
@@ -35,7 +40,17 @@ from factory.tasks.base import (
     stable_seed,
 )
 from factory.tasks.config import SelfInstructConfig
-from factory.tasks.instruction_filters import BadStart, TooLong, TooShort, TooSimilar, UnsuitableForText
+from factory.tasks.instruction_filters import (
+    BadStart,
+    EmptyOutput,
+    EndsWithColon,
+    OutputCopiesInput,
+    SameInputDifferentOutput,
+    TooLong,
+    TooShort,
+    TooSimilar,
+    UnsuitableForText,
+)
 from factory.tasks.novelty import RougeLPool
 from factory.tasks.parsing import Instance, parse_instances, parse_numbered_list, parse_yes_no
 from factory.teachers.base import Teacher, TeacherRequest
@@ -105,6 +120,8 @@ class SelfInstruct(Task):
     def __init__(self, config: SelfInstructConfig) -> None:
         self.config = config
         self.stats: dict[str, int] = {}
+        self.instance_filters = [EmptyOutput(), OutputCopiesInput(), EndsWithColon()]
+        self.same_input_different_output = SameInputDifferentOutput()
 
     def estimate_requests(self, n_records: int) -> int:
         # every round's prompts, then one classification and one instance request per kept instruction
@@ -133,6 +150,8 @@ class SelfInstruct(Task):
             top_p=config.top_p,
             max_tokens=config.max_tokens,
             seed=stable_seed(config.seed, "self_instruct", round_index, prompt_index),
+            presence_penalty=config.presence_penalty,
+            frequency_penalty=config.frequency_penalty,
         )
         return request, len(examples) + 1
 
@@ -149,7 +168,15 @@ class SelfInstruct(Task):
         rng = random.Random(config.seed)
         buffer = ShardBuffer(shards, config.shard_size)
         emitted: set[str] = set()
-        self.stats = {"rounds": 0, "candidates": 0, "kept": 0, "rejected": 0, "repeated": 0, "failed_requests": 0}
+        self.stats = {
+            "rounds": 0,
+            "candidates": 0,
+            "kept": 0,
+            "rejected": 0,
+            "repeated": 0,
+            "failed_requests": 0,
+            "duplicate_instances": 0,
+        }
 
         with tqdm(total=config.target_size, desc="self-instruct pool", unit="instr") as bar:
             for round_index in range(config.max_rounds):
@@ -201,10 +228,9 @@ class SelfInstruct(Task):
             return []
         config = self.config
 
-        def request(prompt: str, instruction: str, purpose: str, max_tokens: int) -> TeacherRequest:
-            return TeacherRequest.chat(
-                prompt, temperature=0.0, max_tokens=max_tokens, seed=stable_seed(config.seed, purpose, instruction)
-            )
+        def request(prompt: str, instruction: str, purpose: str, max_tokens: int, **penalties: float) -> TeacherRequest:
+            seed = stable_seed(config.seed, purpose, instruction)
+            return TeacherRequest.chat(prompt, temperature=0.0, max_tokens=max_tokens, seed=seed, **penalties)
 
         verdicts = await generate_batched(
             teacher,
@@ -221,7 +247,17 @@ class SelfInstruct(Task):
         ]
         instance_generations = await generate_batched(
             teacher,
-            [request(prompt, row["instruction"], "instances", config.max_tokens) for prompt, row in zip(prompts, kept)],
+            [
+                request(
+                    prompt,
+                    row["instruction"],
+                    "instances",
+                    config.max_tokens,
+                    presence_penalty=config.instance_presence_penalty,
+                    frequency_penalty=config.instance_frequency_penalty,
+                )
+                for prompt, row in zip(prompts, kept)
+            ],
             f"instances round {round_index + 1}",
             config.batch_size,
         )
@@ -234,16 +270,29 @@ class SelfInstruct(Task):
                 rows.append(rejected(row, STAGE, f"teacher_error: {generation.error}"))
                 continue
             instances = parse_instances(first_text(generation), first="label" if cls else "input")
-            instances = instances[: config.instances_per_task]
-            if cls and not any(instance.output for instance in instances):
-                rows.append(rejected(row, STAGE, "no_instances: no labelled instance parsed"))
-                continue
-            first: Instance | None = instances[0] if instances else None
-            rows.append(
-                {
-                    **new_record(row["instruction"], first.input if first else "", "self_instruct"),
-                    "is_classification": cls,
-                    "instances": [{"input": i.input, "output": i.output} for i in instances],
-                }
-            )
+            rows.extend(self._instance_rows(row, cls, instances[: config.instances_per_task]))
         return rows
+
+    def _instance_rows(self, task: dict[str, Any], cls: bool, instances: list[Instance]) -> list[dict[str, Any]]:
+        """One record per surviving instance (its input becomes the record's input, its output is kept
+        as `instance_output`); filtered instances are returned dropped, with their reason."""
+        if not instances:
+            return [rejected(task, STAGE, "no_instances: none parsed")]
+        reason = self.same_input_different_output.check(instances)
+        if reason is not None:
+            return [rejected(task, STAGE, reason)]
+        judged = []
+        for instance in instances:
+            record = new_record(
+                task["instruction"], instance.input, STAGE, is_classification=cls, instance_output=instance.output
+            )
+            reason = next((r for f in self.instance_filters if (r := f.check(instance)) is not None), None)
+            judged.append(record if reason is None else rejected(record, STAGE, reason))
+        # Instances with the same input are the same prompt (one record); a valid one wins.
+        rows: dict[str, dict[str, Any]] = {}
+        for record in sorted(judged, key=lambda record: record.get("drop_stage") is not None):
+            if record["id"] in rows:
+                self.stats["duplicate_instances"] += 1
+            else:
+                rows[record["id"]] = record
+        return list(rows.values())

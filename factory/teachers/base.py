@@ -27,6 +27,8 @@ class TeacherRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     top_logprobs: int = 0  # k alternatives per position (0: none)
+    presence_penalty: float = 0.0  # OpenAI semantics; honoured by the openai and vllm backends
+    frequency_penalty: float = 0.0
 
     @classmethod
     def chat(cls, user: str, system: str | None = None, **params: Any) -> TeacherRequest:
@@ -38,14 +40,22 @@ class TeacherRequest:
 
     def sampling_params(self) -> dict[str, Any]:
         """Everything but the messages, as stored in a record's teacher.params."""
-        params = asdict(self)
+        params = self._fields()
         params.pop("messages")
         params["stop"] = list(self.stop)
         return params
 
+    def _fields(self) -> dict[str, Any]:
+        """The request as a dict; penalties only when set, so requests without them hash as before."""
+        fields = asdict(self)
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not fields[name]:
+                fields.pop(name)
+        return fields
+
     def cache_key(self, teacher: TeacherIdentity) -> str:
         """Hash of the request and of the teacher that answers it (never of any secret)."""
-        payload = canonical_json({"request": asdict(self), "teacher": teacher.cache_fields()})
+        payload = canonical_json({"request": self._fields(), "teacher": teacher.cache_fields()})
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

@@ -118,6 +118,9 @@ class OpenAITeacher(ManagedTeacher):
             params["stop"] = list(request.stop)
         if request.seed is not None:
             params["seed"] = request.seed
+        for penalty in ("presence_penalty", "frequency_penalty"):
+            if getattr(request, penalty):
+                params[penalty] = getattr(request, penalty)
         want_logprobs = self.config.logprobs or request.top_logprobs > 0
         if want_logprobs:
             params["logprobs"] = True

@@ -74,6 +74,8 @@ class VLLMTeacher(ManagedTeacher):
                 stop=list(request.stop) or None,
                 seed=request.seed,
                 logprobs=request.top_logprobs,  # k alternatives; the sampled token's logprob always comes too
+                presence_penalty=request.presence_penalty,
+                frequency_penalty=request.frequency_penalty,
             )
             for request in requests
         ]
