@@ -41,7 +41,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.lab.models import STUDENT_SIZE, build_model, exact_match, parameter_count  # noqa: E402
-from benchmarks.lab.pipeline import PipelineSettings, run_pipeline, signal_figures, vllm_available  # noqa: E402
+from benchmarks.lab.pipeline import (  # noqa: E402
+    PipelineSettings,
+    response_accuracy,
+    run_pipeline,
+    signal_figures,
+    vllm_available,
+)
 from benchmarks.lab.students import OBJECTIVES, StudentSettings, run_students  # noqa: E402
 from benchmarks.lab.task import MAX_LEVEL, make_problems  # noqa: E402
 from benchmarks.lab.teacher import TeacherSettings, cached_teacher  # noqa: E402
@@ -125,6 +131,7 @@ def main() -> None:
     store = DatasetStore(work / "datasets_out")
     truth = {p.question: p.answer for p in seed_problems}
     signals = signal_figures(store.resolve(refs["curated"]).read_all(), truth)
+    uncurated_acc = response_accuracy(store.resolve(refs["uncurated"]).read(), truth)
     console.print(f"pipeline: done ({time.time() - started:.0f}s)")
 
     # 3. the students
@@ -152,6 +159,7 @@ def main() -> None:
         f"{signals['kept_acc']:.3f}",
         f"{signals['kept_rows']} rows; unfiltered {1 - signals['base_error']:.3f}",
     )
+    table.add_row("accuracy of the uncurated set", f"{uncurated_acc:.3f}", "respond's pick: best mean logprob")
     for objective in OBJECTIVES:
         table.add_row(
             f"student: {objective.label}",

@@ -36,6 +36,9 @@ CURATED, UNCURATED = "lab", "lab-uncurated"
 MIN_CONSISTENCY = 0.5
 ENTROPY_MAX_QUANTILE = 0.8
 VLLM_ENV = {
+    # One OpenMP thread pinned to one core: on a shared 2-core CPU vLLM's default (both
+    # cores) generated at half the speed (60 prompts x n=5 x 32 tokens, top-20: 103 s vs 49 s).
+    "VLLM_CPU_OMP_THREADS_BIND": "0",
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_HOST_IP": "127.0.0.1",
@@ -207,8 +210,19 @@ def majority_answer(answers: list[int | None]) -> int | None:
     return next(a for a in stated if counts[a] == best)
 
 
+def response_accuracy(frame: pl.DataFrame, truth: dict[str, int]) -> float:
+    rows = frame.select("instruction", "response").iter_rows()
+    right = [extract_answer(response) == truth[question] for question, response in rows]
+    return sum(right) / len(right)
+
+
 def signal_figures(frame: pl.DataFrame, truth: dict[str, int]) -> dict[str, Any]:
-    """Accuracy of samples, majority votes, responses; error rate of what each stage dropped."""
+    """Accuracy of samples, majority votes, responses; error rate of what each stage dropped.
+
+    `frame`: every row of the curated version (kept and rejected). Its `response` is the
+    text curation judged: consistency replaces it by a majority-answer sample on every
+    row it sees, so base_error and the drop errors all describe the same kind of text.
+    """
     sample_right, majority_right, response_right = [], [], []
     dropped: dict[str, list[bool]] = {}
     for row in frame.select("instruction", "samples", "response", "drop_stage").iter_rows(named=True):
