@@ -69,10 +69,10 @@ class LabSize:
 
 
 SIZES = {
-    "full": LabSize(seeds=2000, eval=1000, student_steps=600, student_seeds=3),
-    "quick": LabSize(seeds=600, eval=400, student_steps=200, student_seeds=1),
+    "full": LabSize(seeds=1000, eval=600, student_steps=300, student_seeds=3),
+    "quick": LabSize(seeds=300, eval=300, student_steps=150, student_seeds=1),
     # the test's end-to-end run: a briefly trained teacher, a handful of student steps
-    "smoke": LabSize(seeds=48, eval=48, student_steps=4, student_seeds=3, teacher=TeacherSettings(steps=120)),
+    "smoke": LabSize(seeds=40, eval=40, student_steps=4, student_seeds=3, teacher=TeacherSettings(steps=150)),
 }
 
 
@@ -84,7 +84,7 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="600 seeds, 400 scoring questions, 1 student seed")
+    parser.add_argument("--quick", action="store_true", help="300 seeds, 300 scoring questions, 150 student steps, 1 student seed")
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="explicit size (overrides --quick)")
     parser.add_argument(
         "--work", type=Path, default=Path.home() / ".cache" / "stillhouse" / "generative_lab", help="work directory"

@@ -37,8 +37,10 @@ class ModelSize:
 
 
 # head_dim = hidden / heads = 64 for both: the head size vLLM's CPU attention is known to accept.
-TEACHER_SIZE = ModelSize(hidden=128, layers=4, heads=2, intermediate=512)
-STUDENT_SIZE = ModelSize(hidden=64, layers=4, heads=1, intermediate=256)
+# Two layers: on the shared 2-core CPU a 4-layer teacher got through only 400 steps of 64 in
+# 24 minutes and reached 0.115 exact match; half the depth and half the batch give 4x the steps.
+TEACHER_SIZE = ModelSize(hidden=128, layers=2, heads=2, intermediate=512)
+STUDENT_SIZE = ModelSize(hidden=64, layers=2, heads=1, intermediate=256)
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int = 320) -> Any:
@@ -130,8 +132,11 @@ def train_teacher(
     exclude: set[str],
     seed: int,
     log_every: int = 100,
+    validation: list[Problem] | None = None,
 ) -> list[float]:
     """Next-token loss on solutions of freshly generated problems (none of them in `exclude`).
+
+    With `validation`, exact match on those problems is printed at every fifth of training.
 
     AdamW, linear warm-up over the first 5% of steps, then cosine decay to 10% of lr.
     """
@@ -161,6 +166,10 @@ def train_teacher(
         if log_every and (step + 1) % log_every == 0:
             recent = sum(losses[-log_every:]) / log_every
             print(f"  teacher step {step + 1}/{steps}  loss {recent:.4f}  {time.time() - started:.0f}s", flush=True)
+        if validation and (step + 1) % max(1, steps // 5) == 0:
+            accuracy, _ = exact_match(model, tokenizer, validation)
+            print(f"  teacher step {step + 1}: exact match {accuracy:.3f} on {len(validation)} validation problems")
+            model.train()
     model.eval()
     return losses
 

@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-MAX_LEVEL = 4
+MAX_LEVEL = 3
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jin", "Kai", "Lena", "Max", "Nia", "Omar"]
 ITEMS = ["apples", "books", "coins", "marbles", "pens", "shells", "stamps", "cards", "beads", "eggs"]
 GAINS = ["gets {b} more", "finds {b} more", "buys {b} more", "is given {b} more"]
