@@ -84,7 +84,7 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="300 seeds, 300 scoring questions, 150 student steps, 1 student seed")
+    parser.add_argument("--quick", action="store_true", help="300 seeds, 300 scoring questions, 150 steps, 1 seed")
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="explicit size (overrides --quick)")
     parser.add_argument(
         "--work", type=Path, default=Path.home() / ".cache" / "stillhouse" / "generative_lab", help="work directory"
