@@ -95,7 +95,7 @@ def run_method(method: str, corpus: Path, out: Path, address: str | None, worker
     frame = pl.read_parquet(corpus)
     start = time.perf_counter()
     if method == "rensa":
-        result = {"flagged": int(_rensa(frame["text"].to_list()))}
+        result = {"flagged": _rensa(frame["text"].to_list())}
     else:
         from curation.config import MinHashDedupConfig
         from curation.stages import MinHashDedup
@@ -126,20 +126,26 @@ def run_method(method: str, corpus: Path, out: Path, address: str | None, worker
     out.write_text(json.dumps(result))
 
 
-def _rensa(texts: list[str]) -> int:
-    """rensa end to end as its README does it: Python word 3-grams, digests from token sets, LSH flags."""
+def _rensa(texts: list[str], block: int = 50_000) -> int:
+    """rensa end to end as its README does it: Python word 3-grams, digests from token sets, LSH flags.
+
+    Streamed in blocks (a million documents of Python token lists would need ~12 GB).
+    """
     import rensa
 
     from curation.stages.minhash_dedup import lsh_shape
 
     bands, rows = lsh_shape(THRESHOLD, NUM_PERM)
-    sets = []
-    for text in texts:
-        words = re.sub(r"\s+", " ", text.lower()).strip().split(" ")
-        sets.append([" ".join(words[i : i + NGRAM]) for i in range(max(1, len(words) - NGRAM + 1))])
-    matrix = rensa.RMinHash.digest_matrix_from_token_sets(sets, bands * rows, 0)
     index = rensa.RMinHashLSH(THRESHOLD, bands * rows, bands)
-    return sum(index.insert_matrix_and_query_duplicate_flags(matrix))
+    flagged = 0
+    for start in range(0, len(texts), block):
+        sets = []
+        for text in texts[start : start + block]:
+            words = re.sub(r"\s+", " ", text.lower()).strip().split(" ")
+            sets.append([" ".join(words[i : i + NGRAM]) for i in range(max(1, len(words) - NGRAM + 1))])
+        matrix = rensa.RMinHash.digest_matrix_from_token_sets(sets, bands * rows, 0)
+        flagged += sum(index.insert_matrix_and_query_duplicate_flags(matrix, start_key=start))
+    return flagged
 
 
 def child(method: str, corpus: Path, work: Path, address: str | None = None, workers: int = 1) -> dict:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from factory.plugins import check_options, load_plugin, plugin_discriminator
 
 if TYPE_CHECKING:
     from curation.stages.base import Stage
@@ -206,17 +208,51 @@ class JudgeConfig(StageModel):
         return self
 
 
+class PluginStageConfig(StageModel):
+    """A user's own stage: `stage: mypkg.filters:MyFilter` (a `curation.stages.base.Stage`
+    subclass) or an entry point in `stillhouse.stages`; every other key is a keyword
+    argument of its constructor."""
+
+    model_config = ConfigDict(extra="allow")
+    stage: str = Field(description="Import path (module:Class) or entry-point name of a Stage subclass.")
+
+    def stage_class(self) -> type[Stage]:
+        from curation.stages.base import Stage
+
+        return load_plugin(self.stage, "stage", Stage)
+
+    @field_validator("stage")
+    @classmethod
+    def _plugin_resolves(cls, reference: str) -> str:
+        from curation.stages.base import Stage
+
+        load_plugin(reference, "stage", Stage, BUILTIN_STAGES)  # a config error at this key's line
+        return reference
+
+    @model_validator(mode="after")
+    def _plugin_accepts_options(self) -> PluginStageConfig:
+        check_options(self.stage_class(), self.model_extra or {})
+        return self
+
+    def build(self) -> Stage:
+        stage = self.stage_class()(**(self.model_extra or {}))
+        stage.name = self.name or self.stage  # the name the funnel and drop_stage use
+        return stage
+
+
+BUILTIN_STAGES = ("heuristics", "exact_dedup", "minhash_dedup", "semantic_dedup", "consistency", "entropy", "judge")
 StageConfig = Annotated[
     Union[
-        HeuristicsConfig,
-        ExactDedupConfig,
-        MinHashDedupConfig,
-        SemanticDedupConfig,
-        ConsistencyConfig,
-        EntropyConfig,
-        JudgeConfig,
+        Annotated[HeuristicsConfig, Tag("heuristics")],
+        Annotated[ExactDedupConfig, Tag("exact_dedup")],
+        Annotated[MinHashDedupConfig, Tag("minhash_dedup")],
+        Annotated[SemanticDedupConfig, Tag("semantic_dedup")],
+        Annotated[ConsistencyConfig, Tag("consistency")],
+        Annotated[EntropyConfig, Tag("entropy")],
+        Annotated[JudgeConfig, Tag("judge")],
+        Annotated[PluginStageConfig, Tag("plugin")],
     ],
-    Field(discriminator="stage"),
+    Discriminator(plugin_discriminator("stage", BUILTIN_STAGES)),
 ]
 
 
@@ -231,6 +267,8 @@ def build_stage(
     from curation.stages import STAGES
     from factory.errors import ConfigError
 
+    if isinstance(config, PluginStageConfig):
+        return config.build()
     if config.stage == "judge":
         if teacher is None:
             raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.funnel import Funnel, funnel_from_frame, funnel_table_rows
-from factory.errors import StillhouseError
-from factory.schema import SCHEMA_VERSION, conform
+from factory.errors import StillhouseError, name_os_error
+from factory.schema import SCHEMA_VERSION, conform, with_label_metadata
 from factory.secrets import redact_secrets
 
 DATA_FILE = "data.parquet"
@@ -240,7 +240,7 @@ class DatasetStore:
             raise StoreError(f"invalid dataset name '{name}' (letters, digits, '.', '_', '-'; no '@' or '/')")
         if parent is not None:
             parent = self.resolve(parent, verify=False).ref  # canonical name@vN, and it must exist
-        table = conform(frame)
+        table = with_label_metadata(conform(frame), label_set)  # trainers see the label order in the files
         whole = pl.from_arrow(table)
         kept_mask = table.column("drop_stage").is_null()
         kept, rejected = table.filter(kept_mask), table.filter(pa.compute.invert(kept_mask))
@@ -281,8 +281,9 @@ class DatasetStore:
                     path.chmod(0o444)
                 os.rename(staging, directory / f"v{version}")
                 _fsync(directory)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            name_os_error(exc, directory)
             raise
         return self.resolve(f"{name}@v{version}")
 

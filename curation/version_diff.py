@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from curation.store import DatasetVersion
+from curation.store import DatasetVersion, StoreError
 
 # What makes a row "changed": the content a trainer consumes and the review verdict.
 CONTENT_COLUMNS = ("instruction", "input", "response", "label", "label_probs", "review")
@@ -44,6 +44,9 @@ def _funnel_counts(version: DatasetVersion) -> dict[tuple[str, str], int]:
 
 def diff_versions(old: DatasetVersion, new: DatasetVersion) -> VersionDiff:
     """Kept rows of `new` against kept rows of `old`, plus moves to and from rejected."""
+    if old.name != new.name:
+        # Ids are content hashes, so two datasets would "differ" in every row: meaningless.
+        raise StoreError(f"cannot diff {old.ref} with {new.ref}: versions of two different datasets")
     columns = ["id", *CONTENT_COLUMNS]
     old_kept, new_kept = _row_hashes(old.read(columns)), _row_hashes(new.read(columns))
     old_rejected = set(old.read_rejected(["id"])["id"].to_list())

@@ -44,6 +44,13 @@ class EventLoop:
         if self._loop.is_closed():
             return
         try:
+            # A run stopped mid-batch (Ctrl-C) leaves tasks pending: cancel them and let them
+            # finish, as asyncio.run does, instead of "Task was destroyed but it is pending!".
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.run_until_complete(self._loop.shutdown_default_executor())
         finally:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
+from factory.errors import name_os_error
+
 
 def temporary_name(path: Path) -> Path:
     """A hidden sibling of `path`, unique to this process and call."""
@@ -41,8 +43,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         yield temporary
         fsync_path(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         temporary.unlink(missing_ok=True)
+        name_os_error(exc, path)  # buffered writes raise [Errno 28] without a file name
         raise
     fsync_path(path.parent)
 

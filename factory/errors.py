@@ -17,3 +17,13 @@ class SchemaError(StillhouseError):
 
 class ConfigError(StillhouseError):
     """A config file is malformed or has unknown/invalid keys (names file and line)."""
+
+
+def name_os_error(error: BaseException, path: object) -> None:
+    """Give an OSError the path it concerns when it has none.
+
+    Buffered writes and libraries (pyarrow) raise `[Errno 28]` without a file name; the
+    CLI's one-line message must say where the disk is full.
+    """
+    if isinstance(error, OSError) and error.filename is None:
+        error.filename = str(path)

@@ -199,3 +199,19 @@ def canonical_json(value: object) -> str:
 
 def is_valid_origin(origin: str) -> bool:
     return re.match(ORIGIN_PATTERN, origin) is not None
+
+
+LABELS_METADATA_KEY = b"stillhouse.labels"
+
+
+def with_label_metadata(table: pa.Table, label_set: list[str] | None) -> pa.Table:
+    """`table` whose schema metadata names the label set and the order of `label_probs`.
+
+    A trainer reading the Parquet files alone (pyarrow, polars, `datasets`) then knows
+    which class each soft-target position is, without the manifest. Index i of every
+    `label_probs` list is the probability of `label_set[i]`.
+    """
+    if not label_set:
+        return table
+    labels = json.dumps({"label_set": list(label_set), "label_probs_order": list(label_set)})
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), LABELS_METADATA_KEY: labels.encode()})

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stillhouse import logs
+from stillhouse.runlock import live_status, run_lock
 from stillhouse.runs import RunState, list_runs
 
 console = Console()
@@ -37,7 +39,9 @@ def run_command(
         return
     from stillhouse.run import Runner, evaluation_table, summary_table
 
-    result = Runner(run_config, config, console).execute()
+    directory = run_config.run_dir / run_config.name
+    with run_lock(directory), logs.run_log(directory):
+        result = Runner(run_config, config, Console(quiet=logs.quiet)).execute()
     if result.evaluation:
         console.print(evaluation_table(result.evaluation))
     console.print(summary_table(result))
@@ -57,9 +61,8 @@ def runs_list(runs: RunsRoot = Path("runs")) -> None:
     for state in states:
         done = sum(1 for s in state.steps.values() if s.get("status") == "done")
         version = state.steps.get("publish", {}).get("ref", "-")
-        table.add_row(
-            state.name, state.status, f"{done}/{len(state.steps)}", str(state.attempts), version, state.updated_at
-        )
+        status = live_status(state.directory, state.status)
+        table.add_row(state.name, status, f"{done}/{len(state.steps)}", str(state.attempts), version, state.updated_at)
     console.print(table)
 
 
@@ -67,7 +70,8 @@ def runs_list(runs: RunsRoot = Path("runs")) -> None:
 def runs_show(run: Annotated[str, typer.Argument(help="Run name.")], runs: RunsRoot = Path("runs")) -> None:
     """Steps of one run: status, rows, teacher requests, timing."""
     state = RunState.load(runs / run)
-    console.print(f"[bold]{state.name}[/]: {state.status} (attempts {state.attempts}, updated {state.updated_at})")
+    status = live_status(state.directory, state.status)
+    console.print(f"[bold]{state.name}[/]: {status} (attempts {state.attempts}, updated {state.updated_at})")
     table = Table("step", "status", "rows", "teacher requests", "result", "finished")
     for name, step in state.steps.items():
         teacher = step.get("teacher") or {}

@@ -7,14 +7,16 @@ review, training) are defined next to the code that consumes them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from curation.config import StageConfig
 from curation.review import ReviewConfig
 from factory.schema import canonical_json
+from factory.secrets import redact_secrets
 from factory.tasks.config import TaskConfig
 from factory.teachers.config import TeacherConfig
 from stillhouse.yaml_config import load_config
@@ -149,3 +151,22 @@ class RunConfig(StrictModel):
 
 def load_run_config(path: Path | str) -> RunConfig:
     return load_config(path, RunConfig)
+
+
+def manifest_config(config: RunConfig, config_path: Path | str) -> dict[str, Any]:
+    """The config as a published manifest records it: JSON, secrets redacted, and file
+    paths relative to the config file's directory, never absolute paths of this machine
+    (seed and test files are resolved to absolute paths when the config is loaded)."""
+    base = Path(config_path).resolve().parent
+
+    def relative(value: Any, as_json: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: relative(value[key], as_json[key]) for key in value}
+        if isinstance(value, (list, tuple)):
+            return [relative(item, item_json) for item, item_json in zip(value, as_json)]
+        is_file_path = isinstance(value, str) and os.path.isabs(value) and os.path.exists(value)
+        if (isinstance(value, Path) and value.is_absolute()) or is_file_path:
+            return os.path.relpath(value, base)
+        return as_json
+
+    return redact_secrets(relative(config.model_dump(mode="python"), config.model_dump(mode="json")))

@@ -42,6 +42,7 @@ SKIPPED_COLUMNS = {"samples", "teacher", "judge_rationale"}
 KEPT_COLOR, DROPPED_COLOR = "#2a9d8f", "#e76f51"
 REASON_COLORS = ["#e76f51", "#f4a261", "#e9c46a", "#9c6644", "#b5838d", "#6d597a", "#e5989b", "#8d99ae", "#bc4749"]
 IMAGE_SUFFIXES = (".png", ".svg")
+MIN_BIN_COUNT = 10  # calibration bins with fewer examples are drawn hollow (too few to judge)
 
 
 @dataclass
@@ -54,6 +55,17 @@ class Section:
 def report_path(version: DatasetVersion) -> Path:
     """Where a version's report lives: beside its (read-only) directory, in <name>/reports/."""
     return version.path.parent / "reports" / f"v{version.version}.html"
+
+
+def evaluation_path(version: DatasetVersion) -> Path:
+    """Where the evaluation a version's report showed is kept, so a later report shows it too."""
+    return version.path.parent / "reports" / f"v{version.version}.evaluation.json"
+
+
+def saved_evaluation(version: DatasetVersion) -> dict | None:
+    """The evaluation last reported for `version`, if any."""
+    path = evaluation_path(version)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def write_report(
@@ -87,6 +99,9 @@ def write_report(
     page = _page(f"{version.ref} — Stillhouse dataset report", version, sections)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_path, page)
+    if evaluation:
+        evaluation_path(version).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(evaluation_path(version), json.dumps(evaluation, indent=2, default=str) + "\n")
     return out_path
 
 
@@ -95,7 +110,13 @@ def _load_rows(version: DatasetVersion) -> pl.DataFrame:
     """Kept and rejected rows with only the columns a report uses, plus `kept` and `text`."""
     columns = [name for name in version.manifest.get("columns", {}) if name not in SKIPPED_COLUMNS] or None
     frame = version.read_all(columns=columns)
-    text = pl.when(pl.col("input").fill_null("") != "").then(pl.col("input")).otherwise(pl.col("instruction"))
+    has_input = pl.col("input").fill_null("") != ""
+    if frame["instruction"].n_unique() == 1 and frame.select(has_input.any()).item():
+        # One constant instruction over input texts (a classification pool): the text is the
+        # input, even when empty; showing the instruction would hide an empty ticket.
+        text = pl.col("input")
+    else:
+        text = pl.when(has_input).then(pl.concat_str("instruction", pl.lit("\n\n"), "input")).otherwise("instruction")
     return frame.with_columns(kept=pl.col("drop_stage").is_null(), text=text.fill_null(""))
 
 
@@ -119,14 +140,15 @@ def _excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str:
     return _esc(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
-def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], raw: bool = False) -> str:
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], raw: bool = False, css_class: str = "") -> str:
     """An HTML table; cells are escaped unless `raw` (then callers escaped them and it spans the page)."""
     head = "".join(f"<th>{_esc(cell)}</th>" for cell in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{cell if raw else _esc(cell)}</td>" for cell in row) + "</tr>" for row in rows
     )
-    wide = ' class="wide"' if raw else ""
-    return f"<table{wide}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    classes = " ".join(name for name in ("wide" if raw else "", css_class) if name)
+    attribute = f' class="{classes}"' if classes else ""
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _facts(rows: Iterable[tuple[str, Any]]) -> str:
@@ -389,7 +411,7 @@ def _duplicates_section(frame: pl.DataFrame) -> Section:
         ]
         more = f" (showing {DUP_MEMBERS_SHOWN})" if size > DUP_MEMBERS_SHOWN else ""
         body += f"<h3>cluster {_esc(cluster)}: {size} rows{more}</h3>"
-        body += _table(["status", "text"], rows, raw=True)
+        body += _table(["status", "text"], rows, raw=True, css_class="statuses")
     return Section("duplicates", title, body)
 
 
@@ -403,12 +425,20 @@ def _drop_examples_section(frame: pl.DataFrame) -> Section:
         .group_by("drop_stage", "code", maintain_order=True)
         .head(EXAMPLES_PER_REASON)
     )
+    # Show the response too: a row dropped as `empty` must show its empty answer, not only its prompt.
+    with_response = _has_values(frame, "response")
+    header = ["stage", "reason", "prompt", "response"] if with_response else ["stage", "reason", "text"]
     rows = [
-        (_esc(row["drop_stage"]), _esc(row["drop_reason"]), _excerpt(row["text"]))
+        (
+            _esc(row["drop_stage"]),
+            _esc(row["drop_reason"]),
+            _excerpt(row["text"]),
+            *([_excerpt(row["response"])] if with_response else []),
+        )
         for row in examples.iter_rows(named=True)
     ]
     body = f"<p>Up to {EXAMPLES_PER_REASON} examples of each stage and reason.</p>"
-    return Section("drops", title, body + _table(["stage", "reason", "text"], rows, raw=True))
+    return Section("drops", title, body + _table(header, rows, raw=True, css_class="drops"))
 
 
 def _review_section(frame: pl.DataFrame, review: dict | None) -> Section:
@@ -515,15 +545,76 @@ def _evaluation_section(evaluation: dict | None) -> Section:
                 )
             )
         body += _table(["metric", "student", "teacher", "student / teacher"], rows)
+    bins = rest.pop("calibration_bins", None)
+    if isinstance(bins, dict) and bins:
+        rest.pop("reliability_png", None)  # drawn below from the bins, with their counts
     flat = _flat_values(rest)
     images = [(key, Path(value)) for key, value in flat if _is_image_key(key, value)]
-    others = [(key, _fmt(value)) for key, value in flat if not _is_image_key(key, value)]
+    others = [(key, _metric_value(value)) for key, value in flat if not _is_image_key(key, value)]
     if others:
         body += "<h3>Metrics</h3>" + _table(["metric", "value"], others)
+    if isinstance(bins, dict) and bins:
+        body += "<h3>Reliability</h3>" + _reliability(bins)
     for key, path in images:
         caption = key.removesuffix("_png").removesuffix("_svg").replace("_", " ")
         body += f"<figure>{_image_file(path, caption)}<figcaption>{_esc(caption)}</figcaption></figure>"
     return Section("evaluation", title, body)
+
+
+def _metric_value(value: Any) -> str:
+    """A metric cell: numbers formatted, lists as comma-separated values, never raw JSON."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(item) for item in value) or "-"
+    return _fmt(value)
+
+
+def _reliability(curves: dict[str, list[dict]]) -> str:
+    """One reliability diagram per model from its calibration bins, each bar labelled with
+    its count. Bins of fewer than MIN_BIN_COUNT rows are drawn hollow: one example is
+    right or wrong, an accuracy of 0 or 1 there is no evidence of (mis)calibration."""
+    figure = _figure_grid(len(curves))
+    for axes, (name, bins) in zip(figure.axes, curves.items()):
+        filled = [
+            b for b in bins if b.get("count") and b.get("accuracy") is not None and b["accuracy"] == b["accuracy"]
+        ]
+        total = sum(b["count"] for b in filled) or 1
+        for b in filled:
+            width = b["upper"] - b["lower"]
+            solid = b["count"] >= MIN_BIN_COUNT
+            axes.bar(
+                b["lower"],
+                b["accuracy"],
+                width=width,
+                align="edge",
+                color=KEPT_COLOR if solid else "none",
+                edgecolor=KEPT_COLOR,
+                hatch=None if solid else "//",
+                alpha=0.8 if solid else 0.6,
+            )
+            axes.text(b["lower"] + width / 2, min(b["accuracy"], 0.93) + 0.02, str(b["count"]), ha="center", fontsize=6)
+        axes.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+        ece = sum(b.get("gap_weighted") or 0 for b in filled)
+        axes.set(xlim=(0, 1), ylim=(0, 1))
+        axes.set_xlabel("confidence", fontsize=8)
+        axes.set_ylabel("accuracy", fontsize=8)
+        axes.tick_params(labelsize=7)
+        axes.set_title(f"{name}: ECE {ece:.3f}, {total:,} examples", fontsize=9)
+    note = _note(
+        f"Numbers are the examples in each confidence bin; hatched bins hold fewer than {MIN_BIN_COUNT} "
+        "examples, too few to show (mis)calibration."
+    )
+    return _png(figure, "reliability diagram") + note
+
+
+def _figure_grid(columns: int) -> Any:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.6 * columns, 3.4))
+    for index in range(columns):
+        axes = figure.add_subplot(1, columns, index + 1)
+        axes.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    return figure
 
 
 # -- page ---------------------------------------------------------------------
@@ -542,6 +633,10 @@ th, td { border-bottom: 1px solid #e6e9ed; padding: 5px 10px; text-align: left; 
 th { background: #f0f2f5; } table.wide { width: 100%; } table.wide td:first-child { width: 1%; white-space: nowrap; }
 table.facts th { background: none; font-weight: 600; white-space: nowrap; }
 td { max-width: 720px; overflow-wrap: anywhere; }
+table.drops, table.statuses { table-layout: fixed; }
+table.drops td:first-child, table.statuses td:first-child { width: auto; white-space: normal; }
+table.drops th:nth-child(1) { width: 12%; } table.drops th:nth-child(2) { width: 24%; }
+table.statuses th:nth-child(1) { width: 38%; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(430px, 1fr)); gap: 12px; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #5c6670; }
 img { max-width: 100%; height: auto; }

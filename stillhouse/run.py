@@ -9,6 +9,7 @@ request already answered. Killed at any point, the same command resumes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -27,11 +28,12 @@ from factory.aio import EventLoop
 from factory.atomic import write_frame_atomic, write_text_atomic
 from factory.errors import StillhouseError
 from factory.schema import conform
-from stillhouse.config import RunConfig, load_run_config
+from stillhouse.config import RunConfig, load_run_config, manifest_config
 from stillhouse.runs import RunState, fingerprint
 from stillhouse.seeds import load_seeds
 
 OUTPUT = "output.parquet"
+log = logging.getLogger(__name__)
 EVALUATION = "evaluation.json"
 T = TypeVar("T")
 
@@ -86,6 +88,7 @@ class Runner:
     # -- helpers ----------------------------------------------------------------
     def _log(self, message: str) -> None:
         self.console.print(message, highlight=False)
+        log.info(message)
 
     @property
     def teacher(self):
@@ -278,7 +281,7 @@ class Runner:
                 parent=parent,
                 config={
                     "run": {"name": self.config.name, "fingerprint": step_fp},
-                    **self.config.model_dump(mode="json"),
+                    **manifest_config(self.config, self.config_path),
                 },
                 funnel=funnel,
                 label_set=self._label_set(),

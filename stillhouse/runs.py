@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from factory.errors import StillhouseError
 from factory.schema import canonical_json
 
 STATE_FILE = "state.json"
+log = logging.getLogger(__name__)
 
 
 class RunStateError(StillhouseError):
@@ -86,17 +88,26 @@ class RunState:
     def start(self, step: str, step_fingerprint: str) -> None:
         self.steps[step] = {"status": "running", "fingerprint": step_fingerprint, "started_at": now()}
         self.save()
+        log.info("%s: started (fingerprint %s)", step, step_fingerprint)
 
     def finish(self, step: str, status: str = "done", **result: Any) -> None:
         """Record a step's result. Any status but "done" (e.g. "partial") makes the next run redo it."""
         self.steps[step].update(status=status, finished_at=now(), **result)
         self.save()
+        log.log(
+            logging.INFO if status == "done" else logging.WARNING,
+            "%s: %s %s",
+            step,
+            status,
+            json.dumps(result, default=str),
+        )
 
     def fail(self, step: str, error: BaseException) -> None:
         """Record why a step stopped, so `runs show` can say it."""
         message = str(error) or type(error).__name__
         if isinstance(error, KeyboardInterrupt):
             message = "interrupted"
+        log.error("%s: failed: %s", step, message)
         self.steps.setdefault(step, {}).update(status="failed", finished_at=now(), error=message)
         self.save()
 

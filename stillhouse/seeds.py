@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -45,6 +46,21 @@ def _read_jsonl(path: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
 
+def _check_csv_rows(path: Path) -> None:
+    """Every CSV row has as many fields as the header (polars fills short rows with nulls)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, [])
+            start = reader.line_num + 1
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise SeedError(f"{path}:{start}: {len(row)} fields, but the header has {len(header)}")
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise SeedError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+
+
 def read_table(path: Path, format: str | None = None) -> pl.DataFrame:
     """Read a JSONL/CSV/Parquet file, one clear error per problem."""
     path = Path(path)
@@ -57,6 +73,7 @@ def read_table(path: Path, format: str | None = None) -> pl.DataFrame:
         if kind == "jsonl":
             frame = _read_jsonl(path)
         elif kind == "csv":
+            _check_csv_rows(path)
             frame = pl.read_csv(path, infer_schema_length=0)  # every column as text: no type guessing
         else:
             frame = pl.read_parquet(path)

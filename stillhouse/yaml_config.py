@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from factory.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
+PYDANTIC_TAGS = ("plugin",)  # the plugin union tag pydantic puts into locations, not a key of the file
 
 
 def read_yaml(path: Path | str) -> tuple[Any, dict[tuple, int]]:
@@ -56,8 +57,8 @@ def _collect_lines(node: yaml.Node | None, prefix: tuple, lines: dict[tuple, int
             _collect_lines(item, (*prefix, index), lines)
 
 
-def line_of(location: tuple, lines: dict[tuple, int]) -> int | None:
-    """Best line for a pydantic error location.
+def yaml_path(location: tuple, lines: dict[tuple, int]) -> tuple:
+    """The YAML key path of a pydantic error location.
 
     Pydantic inserts union tags and model names into locations; elements that do not
     continue a real YAML path are skipped.
@@ -66,7 +67,12 @@ def line_of(location: tuple, lines: dict[tuple, int]) -> int | None:
     for element in location:
         if (*path, element) in lines:
             path = (*path, element)
-    return lines.get(path)
+    return path
+
+
+def line_of(location: tuple, lines: dict[tuple, int]) -> int | None:
+    """Best line for a pydantic error location."""
+    return lines.get(yaml_path(location, lines))
 
 
 def format_validation_error(path: Path | str, error: ValidationError, lines: dict[tuple, int]) -> str:
@@ -74,12 +80,12 @@ def format_validation_error(path: Path | str, error: ValidationError, lines: dic
     for item in error.errors():
         location = tuple(item["loc"])
         line = line_of(location, lines)
-        key = ".".join(str(part) for part in location) or "(top level)"
+        key = ".".join(str(part) for part in location if part not in PYDANTIC_TAGS) or "(top level)"
         where = f"{path}:{line}" if line else str(path)
         if item["type"] == "extra_forbidden":
             messages.append(f"{where}: unknown key '{location[-1]}' (at {key})")
         else:
-            messages.append(f"{where}: {key}: {item['msg']}")
+            messages.append(f"{where}: {key}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(messages)
 
 

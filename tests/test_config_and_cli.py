@@ -1,7 +1,9 @@
 import json
+import re
 
 import polars as pl
 import pytest
+import yaml
 
 from curation.store import DatasetStore
 from factory.errors import ConfigError
@@ -41,7 +43,7 @@ def test_unknown_key_is_rejected_with_its_line(tmp_path):
 
 def test_wrong_value_names_line_and_key(tmp_path):
     path = write(tmp_path, GOOD.replace("  name: tickets\n", "  name: bad/name\n"))
-    with pytest.raises(ConfigError, match=r"run.yaml:7: publish.name: Value error, letters, digits"):
+    with pytest.raises(ConfigError, match=r"run.yaml:7: publish.name: letters, digits"):
         load_run_config(path)
 
 
@@ -139,3 +141,168 @@ def test_cli_errors_are_one_line(run_cli, tmp_path, args, message):
 def test_cli_missing_root(run_cli, tmp_path):
     code, _, err = run_cli("datasets", "list", "--root", tmp_path / "nowhere")
     assert code == 1 and "does not exist" in err
+
+
+# -- secrets and the manifest's config ---------------------------------------------
+def _field_names(schema: dict) -> set[str]:
+    """Every property name anywhere in a JSON schema (nested models included)."""
+    names: set[str] = set()
+    for definition in [schema, *schema.get("$defs", {}).values()]:
+        names.update(definition.get("properties", {}))
+    return names
+
+
+def test_every_run_config_field_survives_redaction():
+    from factory.secrets import redact_secrets
+
+    names = _field_names(RunConfig.model_json_schema())
+    assert {"max_tokens", "min_tokens", "return_token_ids", "tokenizer", "api_key_env"} <= names
+    redacted = redact_secrets({name: "value" for name in names})
+    assert [name for name, value in redacted.items() if value != "value"] == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "api_key",
+        "OPENAI_API_KEY",
+        "x-api-key",
+        "apiKey",
+        "private_key",
+        "client_secret",
+        "secret",
+        "password",
+        "db_passwd",
+        "Authorization",
+        "proxy-authorization",
+        "token",
+        "access_token",
+        "hf_token",
+        "Cookie",
+    ],
+)
+def test_secrets_are_redacted(key):
+    from factory.secrets import REDACTED, redact_secrets
+
+    assert redact_secrets({"outer": [{key: "sk-live-123"}]}) == {"outer": [{key: REDACTED}]}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "max_tokens",
+        "min_tokens",
+        "return_token_ids",
+        "tokenizer",
+        "pad_token",
+        "eos_token",
+        "api_key_env",
+        "keep_order",
+    ],
+)
+def test_settings_that_mention_tokens_or_keys_survive(key):
+    from factory.secrets import redact_secrets
+
+    assert redact_secrets({key: 7}) == {key: 7}
+
+
+def test_manifest_config_keeps_settings_and_has_no_absolute_paths(tmp_path):
+    from stillhouse.config import manifest_config
+
+    text = GOOD + (
+        "teacher:\n  backend: openai\n  model: m\n  tokenizer: tok\n  return_token_ids: true\n"
+        "tasks:\n  - type: respond\n    max_tokens: 77\n"
+        "curation:\n  - stage: heuristics\n    min_tokens: 2\n    max_tokens: 900\n"
+    )
+    config_path = write(tmp_path, text)
+    config = load_run_config(config_path)
+    assert config.seeds.path.is_absolute()  # resolved on load ...
+    recorded = manifest_config(config, config_path)
+    assert recorded["seeds"]["path"] == "seeds.jsonl"  # ... recorded relative to the config
+    assert str(tmp_path) not in json.dumps(recorded)
+    assert recorded["teacher"]["tokenizer"] == "tok" and recorded["teacher"]["return_token_ids"] is True
+    assert recorded["tasks"][0]["max_tokens"] == 77
+    assert recorded["curation"][0]["min_tokens"] == 2 and recorded["curation"][0]["max_tokens"] == 900
+    # Everything else is the config's own JSON, unchanged.
+    expected = config.model_dump(mode="json")
+    expected["seeds"]["path"] = "seeds.jsonl"
+    assert recorded == expected
+
+
+# -- logging: -v/-q and runs/<name>/run.log ------------------------------------------
+def test_run_log_records_steps_requests_and_errors_and_v_q_work_anywhere(tmp_path, run_cli, monkeypatch):
+    from fixtures.fake_openai_server import FakeOpenAIServer
+    from test_run import SEEDS, write_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", "sk-test")
+    log = tmp_path / "runs" / "resume" / "run.log"
+    with FakeOpenAIServer(fault_rate=1.0, faults=("500",)) as dead:
+        code, _, err = run_cli("run", write_config(tmp_path, dead.url))
+    assert code == 1
+    assert "ERROR   stillhouse.runs: task-0-respond: failed: " in log.read_text()
+
+    with FakeOpenAIServer(script=("500",)) as server:  # the first request fails once, then is retried
+        config = write_config(tmp_path, server.url, curation=[{"stage": "exact_dedup"}])
+        settings = yaml.safe_load(config.read_text())
+        settings["teacher"]["max_retries"] = 2
+        config.write_text(yaml.safe_dump(settings))
+        code, out, err = run_cli("-q", "run", config)
+        assert code == 0, err
+        assert "publish:" not in out and "run resume: finished" in out  # only the result
+        text = log.read_text()
+        assert "INFO    stillhouse.runs: task-0-respond: started" in text
+        assert f'task-0-respond: done {{"rows": {len(SEEDS)}, "teacher": {{"requests_sent": {len(SEEDS) + 1}' in text
+        assert '"retries": 1' in text and "stillhouse.run: publish: resume@v1" in text
+        assert "sk-test" not in text
+
+        code, out, err = run_cli("run", config, "-v")  # -v after the command works too
+        assert code == 0, err
+        assert "INFO stillhouse.run: task-0-respond: done earlier" in err
+        assert "task-0-respond: done earlier" in out
+
+
+# -- shipped configs work verbatim ---------------------------------------------------
+def test_shipped_train_configs_validate():
+    from pathlib import Path
+
+    from stillhouse.yaml_config import load_config
+    from trainer.config import TrainConfig
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("train_*.yaml"))
+    assert [path.name for path in configs] == ["train_tickets.yaml", "train_token_kd.yaml"]
+    for path in configs:
+        load_config(path, TrainConfig)
+
+
+def test_readme_train_command_trains_on_the_quickstart_dataset(tmp_path, run_cli):
+    from pathlib import Path
+
+    labels = ["card_lost", "refund_request"]
+    texts = [f"my card number {i} is lost" for i in range(12)] + [f"refund order {i} please" for i in range(12)]
+    frame = pl.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(24)],
+            "instruction": ["Classify the intent of this customer support ticket."] * 24,
+            "input": texts,
+            "origin": ["seed"] * 24,
+            "label": [labels[i // 12] for i in range(24)],
+            "label_probs": [[0.9, 0.1] if i < 12 else [0.2, 0.8] for i in range(24)],
+        },
+        schema_overrides={"label_probs": pl.List(pl.Float32)},
+    )
+    DatasetStore(tmp_path / "datasets").publish("tickets", frame, label_set=labels)
+    config = Path(__file__).resolve().parents[1] / "configs" / "train_tickets.yaml"
+    code, out, err = run_cli("train", config, "--root", tmp_path / "datasets", "--output-dir", tmp_path / "student")
+    assert code == 0, err
+    assert "trained on tickets@v1" in out
+    assert (tmp_path / "student").is_dir()
+
+
+def test_help_texts_show_their_defaults(run_cli):
+    code, out, _ = run_cli("datasets", "rows", "--help")
+    assert code == 0
+    assert "Dataset store root [default: $STILLHOUSE_DATASETS or ./datasets_out]." in " ".join(out.split())
+    code, out, _ = run_cli("review", "push", "--help")
+    assert "[default: $ARGILLA_API_URL or" in out
+    assert not re.search(r"\w \.(\s|$)", out)  # no help text lost its default to a bare " ."

@@ -13,13 +13,6 @@ from curation.store import DatasetStore
 
 SEEDS = [f"Write one short sentence about topic {i}." for i in range(6)]
 
-# Until the run owns one event loop (issue #12, part 1), closing the judge's teacher after the
-# stage's own asyncio.run raises "Event loop is closed" and hides the outcome. Strict: once
-# that lands these pass, and the marker must go.
-pytestmark = pytest.mark.xfail(
-    raises=RuntimeError, strict=True, reason="judge teacher closed on another event loop (issue #12 part 1)"
-)
-
 
 def write_config(directory: Path, url: str, **judge: object) -> Path:
     (directory / "seeds.jsonl").write_text("".join(json.dumps({"prompt": text}) + "\n" for text in SEEDS))

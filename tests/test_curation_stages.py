@@ -23,10 +23,11 @@ from curation.config import (
     StageConfig,
     build_stage,
 )
+from curation.minhash_kernel import band_keys, signatures
 from curation.pipeline import run_stages
 from curation.stages import Consistency, Entropy, ExactDedup, Heuristics, MinHashDedup, StageInputError
 from curation.stages.base import chosen_samples
-from curation.stages.minhash_dedup import band_candidates, lsh_shape, signature_rows
+from curation.stages.minhash_dedup import band_candidates, lsh_shape
 from curation.text import _fmix32, gram_hashes, shingle
 from factory.errors import ConfigError, StillhouseError
 from factory.schema import conform, record_id
@@ -231,8 +232,8 @@ def test_minhash_candidates_are_verified_by_true_jaccard():
     a = {" ".join(base[i : i + 3]) for i in range(98)}
     b = {" ".join(other[i : i + 3]) for i in range(98)}
     assert true_jaccard == pytest.approx(len(a & b) / len(a | b))
-    sigs = signature_rows(*gram_hashes(texts, "word", 3), 128, seed=1)
-    left, right = band_candidates(sigs, np.array([0, 1]), bands=64, rows=2)
+    keys = band_keys(*gram_hashes(texts, "word", 3), bands=64, rows=2, seed=1)
+    left, right = band_candidates(keys, np.array([0, 1]))
     assert (left.tolist(), right.tolist()) == ([0], [1])  # LSH says "maybe" ...
     frame = records([{"id": "a", "response": texts[0]}, {"id": "b", "response": texts[1]}])
     out = MinHashDedup(MinHashDedupConfig(columns=["response"], bands=64), show_progress=False).apply(frame)
@@ -246,7 +247,7 @@ def test_signature_collision_rate_estimates_jaccard():
     other = base[:150] + words_doc(rng, 50)
     texts = pl.Series([" ".join(base), " ".join(other)])
     sets = shingle(texts, "word", 3)
-    sigs = signature_rows(*gram_hashes(texts, "word", 3), 256, seed=2)
+    sigs = signatures(*gram_hashes(texts, "word", 3), 256, seed=2)
     estimate = float((sigs[0] == sigs[1]).mean())
     assert estimate == pytest.approx(sets.jaccard(np.array([0]), np.array([1]))[0], abs=0.08)
 
@@ -263,12 +264,36 @@ def test_char_shingles_and_short_documents():
 
 @pytest.mark.parametrize("kind, n", [("word", 3), ("word", 1), ("char", 5)])
 def test_gram_hashes_are_the_shingle_sets_with_repeats(kind, n):
-    """What the signatures see (unsorted grams, repeats kept) is exactly each document's shingle set."""
+    """What the signatures see (unsorted grams, repeats kept) is exactly each document's shingle set,
+    and a band key is the same for every multiset of the same set."""
     texts = pl.Series(["a b a b a b c", "Hello, World!", "x", "", None, "p q", "one two three four"])
     grams, offsets = gram_hashes(texts, kind, n)
     sets = shingle(texts, kind, n)
     for doc in range(len(texts)):
         assert np.unique(_fmix32(grams[offsets[doc] : offsets[doc + 1]])).tolist() == sets.of(doc).tolist()
+    keys = band_keys(grams, offsets, bands=8, rows=4, seed=3)
+    assert (
+        keys[0]
+        == band_keys(
+            np.unique(grams[offsets[0] : offsets[1]]),
+            np.array([0, len(np.unique(grams[offsets[0] : offsets[1]]))]),
+            8,
+            4,
+            3,
+        )[0]
+    ).all()
+
+
+def test_band_keys_agree_with_signatures():
+    """Two documents share a band key exactly when their signatures agree on that band's rows."""
+    rng = np.random.default_rng(11)
+    base = words_doc(rng, 40)
+    texts = pl.Series([" ".join(base), " ".join(base[:38] + ["x", "y"]), " ".join(words_doc(rng, 40))])
+    grams, offsets = gram_hashes(texts, "word", 3)
+    sigs, keys = signatures(grams, offsets, 32, seed=4), band_keys(grams, offsets, bands=16, rows=2, seed=4)
+    same_rows = (sigs[0].reshape(16, 2) == sigs[1].reshape(16, 2)).all(axis=1)
+    assert (keys[0] == keys[1]).tolist() == same_rows.tolist() and same_rows.any() and not same_rows.all()
+    assert not (keys[0] == keys[2]).any()
 
 
 # --- self-consistency --------------------------------------------------------------------------

@@ -157,3 +157,95 @@ def test_flat_student_teacher_keys_and_empty_version(store, tmp_path):
     assert "<td>macro_f1</td><td>0.5</td><td>0.25</td><td>2</td>" in page
     assert "<td>macro_f1_ratio</td><td>2</td>" in page
     assert "0 kept" in page
+
+
+def _bins(counts: list[int], accuracy: list[float]) -> list[dict]:
+    width = 1 / len(counts)
+    return [
+        {
+            "lower": i * width,
+            "upper": (i + 1) * width,
+            "count": n,
+            "accuracy": a if n else float("nan"),
+            "confidence": (i + 0.5) * width if n else float("nan"),
+            "gap_weighted": 0.01 * n,
+        }
+        for i, (n, a) in enumerate(zip(counts, accuracy))
+    ]
+
+
+def test_evaluation_metrics_are_a_table_and_bins_are_drawn_with_counts(store, tmp_path, monkeypatch):
+    version = store.publish("tickets", full_frame(), label_set=LABELS)
+    trainer_png = tmp_path / "reliability.png"
+    trainer_png.write_bytes(TINY_PNG)
+    evaluation = {
+        "examples": 12,
+        "student": {"macro_f1": 0.8, "latency_ms": {"p50": 1.0, "p95": 2.0}},
+        "teacher": {"macro_f1": 0.9, "latency_ms": {"p50": 10.0, "p95": 20.0}},
+        "ratios": {"f1": 0.889, "agreement": 0.9},
+        "reliability_png": str(trainer_png),
+        "calibration_bins": {"student": _bins([0, 1, 11], [0.0, 1.0, 0.7]), "teacher": _bins([0, 0, 12], [0, 0, 0.9])},
+    }
+    labels_drawn: list[str] = []
+    from matplotlib.axes import Axes
+
+    real_text = Axes.text
+
+    def recording_text(self, x, y, s, *args, **kwargs):
+        labels_drawn.append(s)
+        return real_text(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "text", recording_text)
+    page = write_report(version, tmp_path / "r.html", evaluation=evaluation).read_text(encoding="utf-8")
+    section = page.split('<section id="evaluation">')[1].split("</section>")[0]
+    assert "<td>latency_ms.p50</td><td>1</td><td>10</td><td>0.1</td>" in section
+    assert "<td>ratios.agreement</td><td>0.9</td>" in section
+    assert "calibration_bins" not in section and "[{" not in section and "{&quot;" not in section
+    assert base64.b64encode(TINY_PNG).decode() not in section  # redrawn from the bins instead
+    assert "Reliability" in section and "hatched bins hold fewer than 10 examples" in section
+    assert sorted(labels_drawn) == ["1", "11", "12"]  # every non-empty bin shows its count
+
+
+def test_empty_drops_show_the_empty_response_and_long_reasons_have_their_column(store, tmp_path):
+    long_reason = "judge_low_score: " + "the answer restates the question without addressing it " * 6
+    frame = pl.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "instruction": ["Say hi.", "Name a colour.", "Describe the sea."],
+            "input": ["", "", ""],
+            "origin": ["seed"] * 3,
+            "response": ["Hello!", "   ", "The sea is the sea."],
+            "drop_stage": [None, "heuristics", "judge"],
+            "drop_reason": [None, "empty", long_reason],
+        }
+    )
+    version = store.publish("answers", frame)
+    page = write_report(version, tmp_path / "r.html").read_text(encoding="utf-8")
+    drops = page.split('<section id="drops">')[1].split("</section>")[0]
+    assert '<table class="wide drops">' in drops
+    assert "<th>prompt</th><th>response</th>" in drops
+    assert '<td>empty</td><td>Name a colour.</td><td><span class="muted">(empty)</span></td>' in drops
+    assert "table.drops, table.statuses { table-layout: fixed; }" in page
+
+
+def test_an_empty_input_of_a_classification_pool_shows_as_empty(store, tmp_path):
+    frame = full_frame(12).with_columns(
+        input=pl.when(pl.col("id") == "id7").then(pl.lit("")).otherwise(pl.col("input")),
+        drop_reason=pl.when(pl.col("id") == "id7").then(pl.lit("empty")).otherwise(pl.col("drop_reason")),
+    )
+    version = store.publish("tickets", frame, label_set=LABELS)
+    page = write_report(version, tmp_path / "r.html").read_text(encoding="utf-8")
+    drops = page.split('<section id="drops">')[1].split("</section>")[0]
+    assert '<td>heuristics</td><td>empty</td><td><span class="muted">(empty)</span></td>' in drops
+    assert "Classify the intent" not in drops  # the constant instruction is not the row's text
+    assert "<th>response</th>" not in drops  # a classification version has no responses to show
+
+
+def test_datasets_report_keeps_the_evaluation_the_run_reported(store, tmp_path, run_cli):
+    version = store.publish("tickets", full_frame(), label_set=LABELS)
+    evaluation = {"student": {"macro_f1": 0.8}, "teacher": {"macro_f1": 0.9}}
+    write_report(version, tmp_path / "run-report.html", evaluation=evaluation)  # what a run does
+    code, out, err = run_cli("datasets", "report", "tickets@v1", "--root", store.root)
+    assert code == 0, err
+    page = (store.root / "tickets" / "reports" / "v1.html").read_text(encoding="utf-8")
+    assert "<td>macro_f1</td><td>0.8</td><td>0.9</td>" in page

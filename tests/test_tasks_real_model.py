@@ -26,9 +26,13 @@ SEEDS = [
     "Rewrite the instruction so it needs more reasoning steps.",
     "Please reset my card pin, I forgot it after the holiday.",
 ]
-SELF_INSTRUCT_REASONS = {"too_similar", "unsuitable_for_text", "too_short", "too_long", "bad_start", "empty"}
+SELF_INSTRUCT_REASONS = {
+    "too_similar", "unsuitable_for_text", "too_short", "too_long", "bad_start", "empty",  # instructions
+    "no_instances", "empty_output", "output_copies_input", "incomplete_instance", "same_input_different_output",
+}  # fmt: skip
 EVOL_REASONS = {
-    "copied_scaffold", "no_information_gain", "sorry_response", "only_stopwords", "empty_evolution", "teacher_error",
+    "copied_scaffold", "no_information_gain", "unparsable_equality_verdict", "sorry_response", "only_stopwords",
+    "empty_evolution", "teacher_error",
 }  # fmt: skip
 
 
@@ -66,7 +70,8 @@ def test_self_instruct_on_tiny_model_and_free_rerun(teacher_factory, tmp_path):
     assert task.stats["rounds"] >= 1 and teacher.stats.requests_sent >= 2
     dropped = result.filter(pl.col("drop_stage").is_not_null())
     assert {reason.split(":")[0] for reason in dropped["drop_reason"]} <= SELF_INSTRUCT_REASONS
-    assert task.stats["candidates"] == result.height + task.stats["repeated"]
+    # every new candidate instruction has its rows (one per instance, or one dropped row)
+    assert task.stats["candidates"] == result["instruction"].n_unique() + task.stats["repeated"]
 
     again = teacher_factory(tmp_path / "cache")
     rerun = run(build_task(config), seeds(), again)

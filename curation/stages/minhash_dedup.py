@@ -1,34 +1,30 @@
-"""MinHash near-duplicates: batched signatures, LSH banding, every candidate verified by true Jaccard.
+"""MinHash near-duplicates: streamed band keys, LSH buckets, every candidate verified by true Jaccard.
 
 LSH only proposes candidates: a pair is a duplicate when the Jaccard similarity of its
 shingle sets, computed exactly, reaches the threshold. Verified pairs are joined into
 clusters by union-find and each cluster keeps its best row under `keep_order` (judge
 score, then consistency, then length by default), not whichever came first.
 
-It scales by streaming: documents are sketched a block at a time (n-gram hashes with
-numpy, signatures and the LSH index in rensa's Rust code), keeping only each
-document's signature. The index flags every document that shares a band with another;
-candidate pairs exist only among those, so exact shingle sets and explicit band
-buckets are built for the flagged few, not for the corpus.
+It scales by streaming, as datatrove splits it: documents are sketched a block at a
+time (n-gram hashes with numpy, signatures and band keys in one compiled pass), and
+only each document's band keys (8 bytes x bands) are kept. Buckets are then formed per
+band over those keys alone, and exact shingle sets are built only for the documents
+that landed in a shared bucket.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import rensa
 
 from curation.against import load_references
 from curation.config import MinHashDedupConfig
+from curation.minhash_kernel import band_keys
 from curation.stages.base import Stage, active, keep_best_of_groups, keep_rank, progress, union_find
 from curation.store import DatasetStore
 from curation.text import gram_hashes, joined, shingle
 
-
-def rensa_version() -> str:
-    from importlib.metadata import version
-
-    return version("rensa")
+KERNEL = "mshift1"  # names the signature family in cache keys: change it when the hashing changes
 
 
 def lsh_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
@@ -45,41 +41,22 @@ def lsh_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[in
     return best
 
 
-def signatures(grams: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> rensa.RMinHashDigestMatrix:
-    """MinHash signatures of documents given as flat gram hashes + row offsets (rensa, in Rust)."""
-    return rensa.RMinHash.digest_matrix_from_flat_token_hashes(grams, offsets.astype(np.uint64), num_perm, seed)
+def band_candidates(keys: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (left, right) pairs of `docs` (left < right) with equal keys in at least one band.
 
-
-def signature_rows(grams: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
-    """The same signatures as a (documents, num_perm) uint32 array (slow per row: for the few candidates)."""
-    matrix = signatures(grams, offsets, num_perm, seed)
-    return np.array(matrix.to_rows(), dtype=np.uint32).reshape(len(offsets) - 1, num_perm)
-
-
-def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(documents, bands) uint64: one hash of each band's rows (equal rows, equal key)."""
-    keys = np.zeros((len(sigs), bands), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for band in range(bands):
-            block = sigs[:, band * rows : (band + 1) * rows].astype(np.uint64)
-            for column in range(rows):
-                keys[:, band] = (keys[:, band] ^ block[:, column]) * np.uint64(0x100000001B3)
-    return keys
-
-
-def band_candidates(sigs: np.ndarray, docs: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (left, right) pairs of `docs` (left < right) that share all rows of at least one band."""
+    `keys` is (documents, bands); `docs` the rows of it that take part (e.g. non-empty ones).
+    """
     lefts, rights = [], []
-    keys = band_keys(sigs[docs], bands, rows)
-    for band in range(bands):
-        key = keys[:, band]
+    for band in range(keys.shape[1]):
+        key = keys[docs, band]
         order = np.argsort(key, kind="stable")
         sorted_key = key[order]
         run_start = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
         run_size = np.diff(np.r_[run_start, len(docs)])
+        shared = np.repeat(run_size > 1, run_size)  # only buckets of two or more make pairs
+        position = np.flatnonzero(shared)
         # every member pairs with each later member of its bucket
-        position = np.arange(len(docs))
-        later = np.repeat(run_start + run_size, run_size) - position - 1
+        later = (np.repeat(run_start + run_size, run_size) - np.arange(len(docs)) - 1)[position]
         left = np.repeat(position, later)
         step = np.arange(len(left)) - np.repeat(np.cumsum(later) - later, later) + 1
         lefts.append(docs[order[left]])
@@ -88,8 +65,8 @@ def band_candidates(sigs: np.ndarray, docs: np.ndarray, bands: int, rows: int) -
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     left, right = np.concatenate(lefts), np.concatenate(rights)
     low, high = np.minimum(left, right).astype(np.int64), np.maximum(left, right).astype(np.int64)
-    pairs = np.unique(low * (int(sigs.shape[0]) + 1) + high)
-    return pairs // (sigs.shape[0] + 1), pairs % (sigs.shape[0] + 1)
+    pairs = np.unique(low * (int(keys.shape[0]) + 1) + high)
+    return pairs // (keys.shape[0] + 1), pairs % (keys.shape[0] + 1)
 
 
 def shared_band_pairs(left_keys: np.ndarray, right_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,43 +105,31 @@ class MinHashDedup(Stage):
     def required_columns(self) -> tuple[str, ...]:
         return ("id", *self.config.columns)
 
-    def flag_candidates(self, texts: pl.Series) -> np.ndarray:
-        """Indices of the texts that share an LSH band with another text.
-
-        Streams blocks: gram hashes -> signatures -> the LSH index (all in rensa), so the
-        only per-document state kept is its signature (4 bytes x permutations).
-        """
+    def sketch(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(texts, bands) LSH band keys, computed a block at a time (the only per-document state kept),
+        and whether each text has any gram at all (an empty one duplicates nothing)."""
         c = self.config
-        perms = self.bands * self.rows
-        index = rensa.RMinHashLSH(c.threshold, perms, self.bands)
         blocks = range(0, len(texts), c.block_docs)
-        matrices: list[rensa.RMinHashDigestMatrix] = []
         if self.show_progress:
             blocks = progress(blocks, total=len(blocks), description=f"{self.name}: sketching")
+        keys = np.empty((len(texts), self.bands), dtype=np.uint64)
+        has_grams = np.zeros(len(texts), dtype=bool)
         for start in blocks:
             grams, offsets = gram_hashes(texts.slice(start, c.block_docs), c.shingle, c.ngram, seed=c.seed)
-            matrix = signatures(grams, offsets, perms, c.seed)
-            index.insert_matrix(matrix, start_key=start)
-            matrices.append(matrix)
-        if not matrices:
-            return np.zeros(0, dtype=np.int64)
-        flags = np.concatenate([np.asarray(index.query_duplicate_flags_matrix(m), dtype=bool) for m in matrices])
-        return np.flatnonzero(flags)
+            stop = start + len(offsets) - 1
+            keys[start:stop] = band_keys(grams, offsets, self.bands, self.rows, c.seed)
+            has_grams[start:stop] = np.diff(offsets) > 0
+        return keys, has_grams
 
     def drop_published(self, frame: pl.DataFrame, live: np.ndarray, texts: pl.Series) -> pl.DataFrame:
         """Drop live rows at jaccard >= threshold to a kept row of an `against` version (exactly verified)."""
         c = self.config
-        perms = self.bands * self.rows
-
-        def keys_of(texts: pl.Series) -> np.ndarray:
-            sigs = signature_rows(*gram_hashes(texts, c.shingle, c.ngram, seed=c.seed), perms, c.seed)
-            return band_keys(sigs, self.bands, self.rows)
-
-        new_keys = keys_of(texts)
+        new_keys, new_has = self.sketch(texts)
         for reference in load_references(c.against, c.columns, self.reference_store):
-            shape = f"{c.shingle}{c.ngram}-{perms}x{self.bands}-seed{c.seed}-{'+'.join(c.columns)}"
-            known = reference.cached(f"minhash-{shape}-rensa{rensa_version()}", lambda r=reference: keys_of(r.texts))
-            new, old = shared_band_pairs(new_keys, known)
+            shape = f"{c.shingle}{c.ngram}-{self.bands}x{self.rows}-seed{c.seed}-{'+'.join(c.columns)}"
+            known = reference.cached(f"minhash-{shape}-{KERNEL}", lambda r=reference: self.sketch(r.texts)[0])
+            new, old = shared_band_pairs(new_keys[new_has], known)
+            new = np.flatnonzero(new_has)[new]
             if not len(new):
                 continue
             new_rows, new_at = np.unique(new, return_inverse=True)
@@ -199,16 +164,15 @@ class MinHashDedup(Stage):
             frame = self.drop_published(frame, live, texts)
             still = active(frame).to_numpy()[live]
             live, texts = live[still], texts.filter(pl.Series(still))
-        flagged = self.flag_candidates(texts)
-        # Candidate pairs exist only among flagged rows: exact sets and signature rows for those alone.
-        sets = shingle(texts[flagged], c.shingle, c.ngram, seed=c.seed)
-        grams, offsets = gram_hashes(texts[flagged], c.shingle, c.ngram, seed=c.seed)
-        sigs = signature_rows(grams, offsets, self.bands * self.rows, c.seed)
-        left, right = band_candidates(sigs, np.flatnonzero(sets.counts() > 0), self.bands, self.rows)
-        similarity = sets.jaccard(left, right)
-        left, right = live[flagged[left]], live[flagged[right]]
+        keys, has_grams = self.sketch(texts)
+        left, right = band_candidates(keys, np.flatnonzero(has_grams))
+        # Exact shingle sets only for the rows in some candidate pair.
+        members = np.unique(np.concatenate([left, right]))
+        sets = shingle(texts.gather(members), c.shingle, c.ngram, seed=c.seed)
+        similarity = sets.jaccard(np.searchsorted(members, left), np.searchsorted(members, right))
+        left, right = live[left], live[right]
         position = np.full(frame.height, -1)  # frame row -> index into `sets`
-        position[live[flagged]] = np.arange(len(flagged))
+        position[live[members]] = np.arange(len(members))
         verified = similarity >= c.threshold
         self.candidates, self.verified = len(left), int(verified.sum())
 

@@ -12,6 +12,7 @@ from factory.tasks.config import (
     DistilabelConfig,
     EvolInstructConfig,
     LabelConfig,
+    PluginTaskConfig,
     RespondConfig,
     SelfInstructConfig,
     TaskConfig,
@@ -40,6 +41,8 @@ def build_task(config: TaskConfig) -> Task:
         from factory.tasks.distilabel_task import DistilabelTaskAdapter
 
         return DistilabelTaskAdapter(config)
+    if isinstance(config, PluginTaskConfig):
+        return config.task_class()(**(config.model_extra or {}))
     raise TypeError(f"not a task config: {type(config).__name__}")
 
 
@@ -47,6 +50,7 @@ __all__ = [
     "DistilabelConfig",
     "EvolInstructConfig",
     "LabelConfig",
+    "PluginTaskConfig",
     "RespondConfig",
     "SelfInstructConfig",
     "Task",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from factory.plugins import check_options, load_plugin, plugin_discriminator
 
 MUTATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "in_breadth")
 Mutation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "in_breadth"]
@@ -113,7 +115,42 @@ class DistilabelConfig(_TaskConfig):
     top_logprobs: int = Field(0, ge=0, le=20)
 
 
+class PluginTaskConfig(_TaskConfig):
+    """A user's own task: `type: mypkg.tasks:MyTask` (a `factory.tasks.base.Task` subclass)
+    or an entry point in `stillhouse.tasks`; every other key is a keyword argument of its
+    constructor."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="Import path (module:Class) or entry-point name of a Task subclass.")
+
+    def task_class(self) -> type:
+        from factory.tasks.base import Task
+
+        return load_plugin(self.type, "task", Task)
+
+    @field_validator("type")
+    @classmethod
+    def _plugin_resolves(cls, reference: str) -> str:
+        from factory.tasks.base import Task
+
+        load_plugin(reference, "task", Task, BUILTIN_TASKS)  # a config error at this key's line
+        return reference
+
+    @model_validator(mode="after")
+    def _plugin_accepts_options(self) -> PluginTaskConfig:
+        check_options(self.task_class(), self.model_extra or {})
+        return self
+
+
+BUILTIN_TASKS = ("self_instruct", "evol_instruct", "respond", "label", "distilabel")
 TaskConfig = Annotated[
-    Union[SelfInstructConfig, EvolInstructConfig, RespondConfig, LabelConfig, DistilabelConfig],
-    Field(discriminator="type"),
+    Union[
+        Annotated[SelfInstructConfig, Tag("self_instruct")],
+        Annotated[EvolInstructConfig, Tag("evol_instruct")],
+        Annotated[RespondConfig, Tag("respond")],
+        Annotated[LabelConfig, Tag("label")],
+        Annotated[DistilabelConfig, Tag("distilabel")],
+        Annotated[PluginTaskConfig, Tag("plugin")],
+    ],
+    Discriminator(plugin_discriminator("type", BUILTIN_TASKS)),
 ]

@@ -16,6 +16,7 @@ from factory.teachers.config import (
     Budget,
     ClassifierTeacherConfig,
     OpenAITeacherConfig,
+    PluginTeacherConfig,
     Prices,
     TeacherConfig,
     TransformersTeacherConfig,
@@ -38,6 +39,7 @@ __all__ = [
     "MissingApiKeyError",
     "ModelNotFoundError",
     "OpenAITeacherConfig",
+    "PluginTeacherConfig",
     "Prices",
     "Sample",
     "ServerUnreachableError",
@@ -92,6 +94,8 @@ def build_teacher(config: TeacherConfig, cache_dir: Path | None = None, show_pro
             from factory.teachers.classifier import ClassifierTeacher
 
             return ClassifierTeacher(config, **machinery)
+        if isinstance(config, PluginTeacherConfig):
+            return config.teacher_class()(config, **machinery)
     except BaseException:
         if cache is not None:
             cache.close()

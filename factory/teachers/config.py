@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from factory.plugins import load_plugin, plugin_discriminator
 
 
 class Budget(BaseModel):
@@ -85,7 +87,36 @@ class ClassifierTeacherConfig(_TeacherConfigBase):
     device: str = "auto"
 
 
+class PluginTeacherConfig(_TeacherConfigBase):
+    """A user's own backend: `backend: mypkg.teachers:MyTeacher` (a `ManagedTeacher`
+    subclass, built like the built-ins as `MyTeacher(config, **machinery)`) or an entry
+    point in `stillhouse.teachers`; other keys are in `config.model_extra`."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    backend: str = Field(description="Import path (module:Class) or entry-point name of a ManagedTeacher subclass.")
+
+    def teacher_class(self) -> type:
+        from factory.teachers.managed import ManagedTeacher
+
+        return load_plugin(self.backend, "teacher", ManagedTeacher)
+
+    @field_validator("backend")
+    @classmethod
+    def _plugin_resolves(cls, reference: str) -> str:
+        from factory.teachers.managed import ManagedTeacher
+
+        load_plugin(reference, "teacher", ManagedTeacher, BUILTIN_BACKENDS)  # a config error at this key's line
+        return reference
+
+
+BUILTIN_BACKENDS = ("openai", "vllm", "transformers", "classifier")
 TeacherConfig = Annotated[
-    Union[OpenAITeacherConfig, VLLMTeacherConfig, TransformersTeacherConfig, ClassifierTeacherConfig],
-    Field(discriminator="backend"),
+    Union[
+        Annotated[OpenAITeacherConfig, Tag("openai")],
+        Annotated[VLLMTeacherConfig, Tag("vllm")],
+        Annotated[TransformersTeacherConfig, Tag("transformers")],
+        Annotated[ClassifierTeacherConfig, Tag("classifier")],
+        Annotated[PluginTeacherConfig, Tag("plugin")],
+    ],
+    Discriminator(plugin_discriminator("backend", BUILTIN_BACKENDS)),
 ]
