@@ -41,23 +41,25 @@ def prompts(n: int, tag: str) -> list[str]:
     return [f"{tag} request {i}: write a short note about parcel {i}" for i in range(n)]
 
 
-def run_stillhouse(url: str, n: int, concurrency: int) -> float:
+def run_stillhouse(url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """Requests per second, and this process's CPU milliseconds per request (the client's cost)."""
     from factory.teachers import OpenAITeacherConfig, TeacherRequest, build_teacher
 
     config = OpenAITeacherConfig(model="fake-model", base_url=url, concurrency=concurrency, cache=False)
     teacher = build_teacher(config, cache_dir=None)
     requests = [TeacherRequest.chat(p, max_tokens=16, top_logprobs=2) for p in prompts(n, "stillhouse")]
 
-    async def go() -> float:
+    async def go() -> tuple[float, float]:
         await teacher.generate(requests[: concurrency * 2])  # warm up connections
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         generations = await teacher.generate(requests)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         await teacher.close()
         assert all(g.ok for g in generations), [g.error for g in generations if not g.ok][:3]
-        return elapsed
+        return elapsed, cpu
 
-    return n / asyncio.run(go())
+    elapsed, cpu = asyncio.run(go())
+    return n / elapsed, cpu * 1000 / n
 
 
 def run_bare_httpx(url: str, n: int, concurrency: int) -> float:
@@ -113,7 +115,7 @@ def main() -> None:
     server, url = start_server(args.latency)
     try:
         ideal = args.concurrency / args.latency
-        stillhouse = run_stillhouse(url, n, args.concurrency)
+        stillhouse, client_ms = run_stillhouse(url, n, args.concurrency)
         distilabel = run_distilabel(url, n, args.concurrency)
         ceiling = run_bare_httpx(url, n, args.concurrency)
     finally:
@@ -121,14 +123,15 @@ def main() -> None:
         server.wait()
     print(f"server latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, {n} requests")
     print(f"ideal       {ideal:8.1f} req/s")
-    print(f"stillhouse  {stillhouse:8.1f} req/s  ({stillhouse / ideal:.3f} of ideal)")
+    print(f"stillhouse  {stillhouse:8.1f} req/s  ({stillhouse / ideal:.3f} of ideal, {client_ms:.2f} ms CPU/request)")
     print(f"distilabel  {distilabel:8.1f} req/s  ({distilabel / ideal:.3f} of ideal)")
     print(f"bare httpx  {ceiling:8.1f} req/s  ({ceiling / ideal:.3f} of ideal: this machine's ceiling)")
     print(f"stillhouse / distilabel = {stillhouse / distilabel:.3f}")
     print(
         f"RESULT stillhouse_rps={stillhouse:.1f} ideal_rps={ideal:.1f} ratio_vs_ideal={stillhouse / ideal:.3f} "
         f"distilabel_rps={distilabel:.1f} ratio_vs_distilabel={stillhouse / distilabel:.3f} "
-        f"bare_httpx_rps={ceiling:.1f} ratio_vs_bare_httpx={stillhouse / ceiling:.3f}"
+        f"bare_httpx_rps={ceiling:.1f} ratio_vs_bare_httpx={stillhouse / ceiling:.3f} "
+        f"client_ms_per_request={client_ms:.2f} concurrency={args.concurrency}"
     )
 
 

@@ -1,4 +1,4 @@
-"""Curation stage configs: one pydantic model per stage, a union discriminated by `stage`.
+"""Curation stage configs: one pydantic model per stage, a union discriminated by `stage`; and the review config.
 
 Every model forbids unknown keys and validates its thresholds, so a typo or a
 negative length is a config error naming the key, not a silently different filter.
@@ -7,17 +7,17 @@ Setting a heuristic's threshold to null disables that check.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from curation.review_sample import DEFAULT_WATCH, Direction
 from factory.plugins import check_options, load_plugin, plugin_discriminator
 
 if TYPE_CHECKING:
     from curation.stages.base import Stage
-    from curation.store import DatasetStore
-    from factory.aio import EventLoop
-    from factory.teachers.base import Teacher
+    from curation.store import DatasetVersion
 
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -256,24 +256,46 @@ StageConfig = Annotated[
 ]
 
 
-def build_stage(
-    config: StageConfig,
-    teacher: Teacher | None = None,
-    loop: EventLoop | None = None,
-    store: DatasetStore | None = None,
-) -> Stage:
-    """The stage a config describes; the judge needs a `teacher` (and runs it on `loop`);
-    dedup stages with `against:` resolve its refs in `store` (default: the default store)."""
-    from curation.stages import STAGES
-    from factory.errors import ConfigError
+class ReviewConfig(BaseModel):
+    """Where and how a version is reviewed in Argilla."""
 
-    if isinstance(config, PluginStageConfig):
-        return config.build()
-    if config.stage == "judge":
-        if teacher is None:
-            raise ConfigError("stage 'judge' needs a teacher (add a `teacher` section)")
-        return STAGES["judge"](config, teacher, loop)
-    stage = STAGES[config.stage](config)
-    if getattr(config, "against", None):
-        stage.reference_store = store
-    return stage
+    model_config = ConfigDict(extra="forbid")
+
+    api_url: str = Field(
+        default_factory=lambda: os.environ.get("ARGILLA_API_URL", "http://localhost:6900"),
+        description="Argilla server URL [default: $ARGILLA_API_URL or http://localhost:6900].",
+    )
+    api_key_env: str = Field("ARGILLA_API_KEY", description="Environment variable holding the API key (never stored).")
+    workspace: str = Field("stillhouse", description="Argilla workspace of the review dataset.")
+    dataset_name: str | None = Field(None, description="Argilla dataset name [default: <name>-v<N> of the version].")
+    fraction: float = Field(0.07, ge=0.05, le=0.10, description="Share of the kept rows to review (5-10%).")
+    min_rows: int | None = Field(None, ge=1, description="Review at least this many rows (overrides the fraction).")
+    max_rows: int | None = Field(None, ge=1, description="Review at most this many rows (overrides the fraction).")
+    seed: int = 0
+    watch: dict[str, Direction] = Field(
+        default_factory=lambda: dict(DEFAULT_WATCH),
+        description="Score columns whose threshold-nearest kept rows are always reviewed, and which end is nearest.",
+    )
+    boundary_rows: int = Field(3, ge=0, description="Rows nearest each watched threshold that are always reviewed.")
+    buckets: int = Field(3, ge=1, le=10, description="Quantile buckets per score column for stratification/reports.")
+    judge_range: tuple[float, float] | None = Field(
+        None,
+        description="Scale of judge_score, mapped onto the 1-5 rating [default: the judge stage's rubric in the "
+        "version's config, else inferred from the scores: 0-1, 1-5 or 1-10].",
+    )
+    judge_threshold: float | None = Field(
+        None,
+        description="judge_score at or above which the judge 'accepts' [default: the judge stage's min_score, "
+        "else the middle of its range].",
+    )
+    batch_size: int = Field(100, ge=1, le=500, description="Records per upload request.")
+    timeout_s: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds_are_consistent(self) -> ReviewConfig:
+        if self.min_rows is not None and self.max_rows is not None and self.min_rows > self.max_rows:
+            raise ValueError(f"min_rows ({self.min_rows}) is larger than max_rows ({self.max_rows})")
+        return self
+
+    def argilla_dataset(self, version: DatasetVersion) -> str:
+        return self.dataset_name or f"{version.name}-v{version.version}"

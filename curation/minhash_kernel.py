@@ -5,13 +5,16 @@ arithmetic wrapping by design); a band's key hashes its `rows` minima together, 
 documents share a band key exactly when they agree on all of that band's rows (up to
 64-bit collisions, which exact-Jaccard verification removes). The whole signature of
 a document lives only in a small buffer; what is kept is `bands` keys of 8 bytes.
-numba compiles it on first use (cached on disk) and spreads documents over the cores.
+numba compiles it on first use (cached on disk) and spreads documents over the cores;
+it is imported only then, so commands that never dedup never pay for it.
 """
 
 from __future__ import annotations
 
+import functools
+from types import ModuleType
+
 import numpy as np
-from numba import njit, prange
 
 EMPTY = 0xFFFFFFFF
 FNV_PRIME = 0x100000001B3
@@ -25,50 +28,46 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _band_keys(grams, offsets, a, b, bands, rows):  # pragma: no cover - compiled
-    documents = len(offsets) - 1
-    perms = bands * rows
-    keys = np.empty((documents, bands), dtype=np.uint64)
-    shift = np.uint64(32)
-    for doc in prange(documents):
-        signature = np.full(perms, np.uint64(EMPTY), dtype=np.uint64)
-        for position in range(offsets[doc], offsets[doc + 1]):
-            x = grams[position]
-            for p in range(perms):
-                value = (a[p] * x + b[p]) >> shift
-                if value < signature[p]:
-                    signature[p] = value
-        for band in range(bands):
-            key = np.uint64(0)
-            for row in range(rows):
-                key = (key ^ signature[band * rows + row]) * np.uint64(FNV_PRIME)
-            keys[doc, band] = key
-    return keys
+@functools.cache
+def _compiled() -> ModuleType:
+    """The jitted kernels, numba imported (and llvmlite made safe) on first use."""
+    _llvmlite_answers_no_dunders()
+    from curation import _minhash_jit
+
+    return _minhash_jit
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _signatures(grams, offsets, a, b):  # pragma: no cover - compiled
-    documents = len(offsets) - 1
-    result = np.full((documents, len(a)), np.uint32(EMPTY), dtype=np.uint32)
-    shift = np.uint64(32)
-    for doc in prange(documents):
-        for position in range(offsets[doc], offsets[doc + 1]):
-            x = grams[position]
-            for p in range(len(a)):
-                value = np.uint32((a[p] * x + b[p]) >> shift)
-                if value < result[doc, p]:
-                    result[doc, p] = value
-    return result
+def _llvmlite_answers_no_dunders() -> None:
+    """llvmlite's lazy `ffi.lib` answers *every* attribute, `__dict__` included, with a C-function
+    wrapper. vLLM's kernel dispatcher scans every module's globals and calls `vars()` on them when
+    its engine starts, which then fails ("'_lib_fn_wrapper' object has no attribute 'get'"); so
+    once numba is loaded, a vLLM teacher in the same process could not start. Dunder names are
+    never llvmlite functions (they are all `LLVMPY_*`): refuse them."""
+    from llvmlite.binding import ffi
+
+    wrapper = type(ffi.lib)
+    if getattr(wrapper, "_stillhouse_patched", False):
+        return
+    lookup = wrapper.__getattr__
+
+    def getattr_no_dunders(self, name: str):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return lookup(self, name)
+
+    wrapper.__getattr__ = getattr_no_dunders
+    wrapper._stillhouse_patched = True
 
 
 def band_keys(grams: np.ndarray, offsets: np.ndarray, bands: int, rows: int, seed: int) -> np.ndarray:
     """(documents, bands) uint64 LSH band keys of documents given as flat gram hashes + row offsets."""
     a, b = permutations(bands * rows, seed)
-    return _band_keys(grams.astype(np.uint64, copy=False), offsets.astype(np.int64, copy=False), a, b, bands, rows)
+    return _compiled().band_keys(
+        grams.astype(np.uint64, copy=False), offsets.astype(np.int64, copy=False), a, b, bands, rows
+    )
 
 
 def signatures(grams: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
     """(documents, num_perm) uint32 MinHash signatures (a document without grams is all 0xFFFFFFFF)."""
     a, b = permutations(num_perm, seed)
-    return _signatures(grams.astype(np.uint64, copy=False), offsets.astype(np.int64, copy=False), a, b)
+    return _compiled().signatures(grams.astype(np.uint64, copy=False), offsets.astype(np.int64, copy=False), a, b)

@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from curation.review_apply import REVIEW_REPORT_FILE, apply_verdicts, judge_range, review_report
-from curation.review_sample import DEFAULT_WATCH, Direction, sample_size, stratified_sample, watched_columns
+from curation.config import ReviewConfig
+from curation.funnel import funnel_from_frame
+from curation.review_apply import REVIEW_REPORT_FILE, ReviewVerdicts, judge_range, review_report
+from curation.review_sample import sample_size, stratified_sample, watched_columns
 from curation.store import DatasetStore, DatasetVersion
 from factory.atomic import write_text_atomic
 from factory.errors import StillhouseError
@@ -63,51 +65,6 @@ class ReviewError(StillhouseError):
 
 class ReviewConnectionError(ReviewError):
     """The Argilla server is down, unreachable, or refused the API key."""
-
-
-class ReviewConfig(BaseModel):
-    """Where and how a version is reviewed in Argilla."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    api_url: str = Field(
-        default_factory=lambda: os.environ.get("ARGILLA_API_URL", "http://localhost:6900"),
-        description="Argilla server URL [default: $ARGILLA_API_URL or http://localhost:6900].",
-    )
-    api_key_env: str = Field("ARGILLA_API_KEY", description="Environment variable holding the API key (never stored).")
-    workspace: str = Field("stillhouse", description="Argilla workspace of the review dataset.")
-    dataset_name: str | None = Field(None, description="Argilla dataset name [default: <name>-v<N> of the version].")
-    fraction: float = Field(0.07, ge=0.05, le=0.10, description="Share of the kept rows to review (5-10%).")
-    min_rows: int | None = Field(None, ge=1, description="Review at least this many rows (overrides the fraction).")
-    max_rows: int | None = Field(None, ge=1, description="Review at most this many rows (overrides the fraction).")
-    seed: int = 0
-    watch: dict[str, Direction] = Field(
-        default_factory=lambda: dict(DEFAULT_WATCH),
-        description="Score columns whose threshold-nearest kept rows are always reviewed, and which end is nearest.",
-    )
-    boundary_rows: int = Field(3, ge=0, description="Rows nearest each watched threshold that are always reviewed.")
-    buckets: int = Field(3, ge=1, le=10, description="Quantile buckets per score column for stratification/reports.")
-    judge_range: tuple[float, float] | None = Field(
-        None,
-        description="Scale of judge_score, mapped onto the 1-5 rating [default: the judge stage's rubric in the "
-        "version's config, else inferred from the scores: 0-1, 1-5 or 1-10].",
-    )
-    judge_threshold: float | None = Field(
-        None,
-        description="judge_score at or above which the judge 'accepts' [default: the judge stage's min_score, "
-        "else the middle of its range].",
-    )
-    batch_size: int = Field(100, ge=1, le=500, description="Records per upload request.")
-    timeout_s: int = Field(30, ge=1)
-
-    @model_validator(mode="after")
-    def _bounds_are_consistent(self) -> ReviewConfig:
-        if self.min_rows is not None and self.max_rows is not None and self.min_rows > self.max_rows:
-            raise ValueError(f"min_rows ({self.min_rows}) is larger than max_rows ({self.max_rows})")
-        return self
-
-    def argilla_dataset(self, version: DatasetVersion) -> str:
-        return self.dataset_name or f"{version.name}-v{version.version}"
 
 
 # -- connection -------------------------------------------------------------------
@@ -483,8 +440,7 @@ def pull(
             "nothing to pull"
         )
     classification = is_classification(version, version.read(["label", "response"], verify=False))
-    reviewed, report = apply_verdicts(
-        frame,
+    stage = ReviewVerdicts(
         responses,
         classification=classification,
         label_set=version.label_set,
@@ -492,7 +448,10 @@ def pull(
         config=config,
         manifest_config=version.manifest.get("config"),
     )
-    funnel = [*version.manifest["funnel"], report.pop("funnel_step")]
+    reviewed = stage.apply(frame)
+    report = stage.report
+    earlier = [step["stage"] for step in version.manifest["funnel"]]
+    funnel = funnel_from_frame(reviewed, stages=[*earlier, *([stage.name] if stage.name not in earlier else [])])
     report.update(parent=version.ref, argilla_dataset=dataset.name, workspace=config.workspace)
     totals = report["totals"]
     child = store.publish(

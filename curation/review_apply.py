@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from curation.config import ReviewConfig
 from curation.review_sample import bucket_edges, bucket_labels, watched_columns
+from curation.stages.base import Scope, Stage
 from factory.schema import REVIEW_TYPE
 
 if TYPE_CHECKING:
-    from curation.review import ReviewConfig
     from curation.store import DatasetVersion
 
 REVIEW_REPORT_FILE = "review.json"
@@ -127,73 +128,95 @@ def combine_responses(reviews: pl.DataFrame) -> pl.DataFrame:
     ).drop("_rejected", "_correction")
 
 
-def apply_verdicts(
-    frame: pl.DataFrame,
-    responses: pl.DataFrame,
-    *,
-    classification: bool,
-    label_set: list[str] | None,
-    sampled_ids: list[str],
-    config: ReviewConfig,
-    manifest_config: dict[str, Any] | None = None,
-) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The reviewed frame (all rows, kept and rejected) and the review report.
+class ReviewVerdicts(Stage):
+    """Annotators' verdicts as a curation stage: rejected rows are dropped (`drop_stage` review,
+    `drop_reason` rejected_by_reviewer[: note]) through `Stage.drop`; corrections replace the
+    response or label (and its soft targets) and keep the original in `review.original`;
+    `review` records each verdict. After `apply`, `report` holds the review report.
 
     `manifest_config` (the reviewed version's manifest config) supplies the judge's scale and threshold.
     """
-    target = "label" if classification else "response"
-    verdicts = combine_responses(per_reviewer(responses, frame.select("id", pl.col(target).alias("original"))))
-    kept_before = frame.filter(pl.col("drop_stage").is_null())
-    joined = frame.join(verdicts.drop("original"), on="id", how="left").with_columns(pl.col(target).alias("_original"))
-    newly_rejected = (pl.col("status") == "rejected") & pl.col("drop_stage").is_null()
-    corrected = pl.col("status") == "corrected"
-    note_line = pl.col("note").str.replace_all(r"\s+", " ").str.strip_chars()
-    updates = [
-        pl.when(newly_rejected).then(pl.lit(REVIEW_STAGE)).otherwise(pl.col("drop_stage")).alias("drop_stage"),
-        pl.when(newly_rejected)
-        .then(
+
+    name = REVIEW_STAGE
+    scope = Scope.GLOBAL  # the report compares verdicts across all rows
+
+    def __init__(
+        self,
+        responses: pl.DataFrame,
+        *,
+        classification: bool,
+        label_set: list[str] | None,
+        sampled_ids: list[str],
+        config: ReviewConfig,
+        manifest_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.responses = responses
+        self.classification = classification
+        self.label_set = label_set
+        self.sampled_ids = sampled_ids
+        self.config = config
+        self.manifest_config = manifest_config
+        self.report: dict[str, Any] | None = None
+
+    @property
+    def target(self) -> str:
+        return "label" if self.classification else "response"
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return ("id", self.target)
+
+    def score(self, frame: pl.DataFrame) -> pl.DataFrame:
+        target = self.target
+        verdicts = combine_responses(per_reviewer(self.responses, frame.select("id", pl.col(target).alias("original"))))
+        kept_before = frame.filter(pl.col("drop_stage").is_null())
+        joined = frame.join(verdicts.drop("original"), on="id", how="left").with_columns(
+            pl.col(target).alias("_original")
+        )
+        corrected = pl.col("status") == "corrected"
+        note_line = pl.col("note").str.replace_all(r"\s+", " ").str.strip_chars()
+        reason = (
             pl.when(note_line.is_not_null() & (note_line != ""))
             .then(pl.concat_str([pl.lit(f"{REJECTED_REASON}: "), note_line]))
             .otherwise(pl.lit(REJECTED_REASON))
         )
-        .otherwise(pl.col("drop_reason"))
-        .alias("drop_reason"),
-        pl.when(corrected).then(pl.col("correction")).otherwise(pl.col(target)).alias(target),
-    ]
-    if classification and label_set:
-        one_hot = {label: [float(label == other) for other in label_set] for label in label_set}
-        updates.append(
-            pl.when(corrected)
-            .then(pl.col("correction").replace_strict(one_hot, default=None, return_dtype=pl.List(pl.Float32)))
-            .otherwise(pl.col("label_probs"))
-            .alias("label_probs")
+        joined = self.drop(joined, pl.col("status") == "rejected", reason)
+        updates = [pl.when(corrected).then(pl.col("correction")).otherwise(pl.col(target)).alias(target)]
+        if self.classification and self.label_set:
+            one_hot = {label: [float(label == other) for other in self.label_set] for label in self.label_set}
+            updates.append(
+                pl.when(corrected)
+                .then(pl.col("correction").replace_strict(one_hot, default=None, return_dtype=pl.List(pl.Float32)))
+                .otherwise(pl.col("label_probs"))
+                .alias("label_probs")
+            )
+        if not self.classification and "samples" in frame.columns:
+            # The teacher's token logprobs describe the replaced response: distilling them would
+            # teach the error the reviewer fixed. The parent version keeps them.
+            updates.append(pl.when(corrected).then(None).otherwise(pl.col("samples")).alias("samples"))
+            if "chosen_sample" in frame.columns:  # the response is the reviewer's now, no sample's
+                updates.append(pl.when(corrected).then(None).otherwise(pl.col("chosen_sample")).alias("chosen_sample"))
+        review = pl.struct(
+            pl.col("status"),
+            pl.col("reviewer"),
+            pl.col("rating").cast(pl.Int32),
+            pl.col("correction"),
+            pl.when(corrected).then(pl.col("_original")).otherwise(None).alias("original"),
+            pl.col("note"),
         )
-    if not classification and "samples" in frame.columns:
-        # The teacher's token logprobs describe the replaced response: distilling them would
-        # teach the error the reviewer fixed. The parent version keeps them.
-        updates.append(pl.when(corrected).then(None).otherwise(pl.col("samples")).alias("samples"))
-        if "chosen_sample" in frame.columns:  # the response is the reviewer's now, no sample's
-            updates.append(pl.when(corrected).then(None).otherwise(pl.col("chosen_sample")).alias("chosen_sample"))
-    review = pl.struct(
-        pl.col("status"),
-        pl.col("reviewer"),
-        pl.col("rating").cast(pl.Int32),
-        pl.col("correction"),
-        pl.when(corrected).then(pl.col("_original")).otherwise(None).alias("original"),
-        pl.col("note"),
-    )
-    previous = pl.col("review") if "review" in frame.columns else pl.lit(None)
-    updates.append(
-        pl.when(pl.col("status").is_not_null())
-        .then(review)
-        .otherwise(previous.cast(pl.from_arrow(_empty_review()).dtype))
-        .alias("review")
-    )
-    reviewed = joined.with_columns(updates).select(
-        frame.columns + (["review"] if "review" not in frame.columns else [])
-    )
-    report = _report(kept_before, verdicts, sampled_ids, config, manifest_config)
-    return reviewed, report
+        previous = pl.col("review") if "review" in frame.columns else pl.lit(None)
+        updates.append(
+            pl.when(pl.col("status").is_not_null())
+            .then(review)
+            .otherwise(previous.cast(pl.from_arrow(_empty_review()).dtype))
+            .alias("review")
+        )
+        reviewed = joined.with_columns(updates).select(
+            frame.columns + (["review"] if "review" not in frame.columns else [])
+        )
+        self.report = _report(kept_before, verdicts, self.sampled_ids, self.config, self.manifest_config)
+        return reviewed
 
 
 def _empty_review():
@@ -274,12 +297,6 @@ def _report(
                 rated["rating"].cast(pl.Float64).to_numpy(), rated["judge_score"].cast(pl.Float64).to_numpy()
             ),
         }
-    report["funnel_step"] = {
-        "stage": REVIEW_STAGE,
-        "rows_in": kept.height,
-        "dropped": {REJECTED_REASON: counts["rejected"]} if counts["rejected"] else {},
-        "rows_out": kept.height - counts["rejected"],
-    }
     return report
 
 
@@ -289,5 +306,4 @@ def review_report(version: DatasetVersion) -> dict[str, Any] | None:
 
     if REVIEW_REPORT_FILE not in version.manifest["files"]:
         return None
-    version.verify()
-    return json.loads((version.path / REVIEW_REPORT_FILE).read_text(encoding="utf-8"))
+    return json.loads(version.read_bytes(REVIEW_REPORT_FILE).decode("utf-8"))

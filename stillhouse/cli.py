@@ -48,8 +48,11 @@ app.command("train")(train_command)
 app.command("eval")(eval_command)
 
 RootOption = Annotated[
-    Optional[Path],
-    typer.Option("--root", help="Dataset store root [default: $STILLHOUSE_DATASETS or ./datasets_out]."),
+    Optional[str],  # a str, not a Path: pathlib folds `s3://bucket` into `s3:/bucket`
+    typer.Option(
+        "--root",
+        help="Dataset store root, a directory or s3://bucket/prefix [default: $STILLHOUSE_DATASETS or ./datasets_out].",
+    ),
 ]
 
 
@@ -89,22 +92,23 @@ def _verbosity_first(args: list[str]) -> list[str]:
 def datasets_list(root: RootOption = None) -> None:
     """List datasets and their versions."""
     store = DatasetStore(root)
-    names = store.names()
-    if not names:
+    entries = store.listing()
+    if not entries:
         console.print(f"no datasets in {store.root}")
         return
     table = Table("dataset", "versions", "latest", "kept", "rejected", "created")
-    for name in names:
-        latest = store.resolve(f"{name}@latest", verify=False)
-        versions = store.versions(name)
-        rows = latest.manifest["rows"]
+    for entry in entries:
+        if entry.latest is None:  # one broken manifest never hides the other datasets
+            table.add_row(entry.name, str(len(entry.versions)), f"BROKEN: {entry.error}", "-", "-", "-")
+            continue
+        rows = entry.latest.manifest["rows"]
         table.add_row(
-            name,
-            str(len(versions)),
-            latest.ref,
+            entry.name,
+            str(len(entry.versions)),
+            entry.latest.ref,
             str(rows["kept"]),
             str(rows["rejected"]),
-            latest.manifest.get("created_at", ""),
+            entry.latest.manifest.get("created_at", ""),
         )
     console.print(table)
 

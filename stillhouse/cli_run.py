@@ -37,14 +37,27 @@ def run_command(
 
         console.print(estimate_table(estimate_run(run_config)))
         return
+    from stillhouse.estimate import estimate_run, estimate_vs_actual_table
     from stillhouse.run import Runner, evaluation_table, summary_table
 
+    estimate = None
+    if run_config.teacher is not None:
+        from factory.errors import StillhouseError
+
+        try:
+            estimate = estimate_run(run_config)
+        except StillhouseError:
+            raise  # bad input: the run would stop on it too, with the same one line
+        except Exception as error:  # noqa: BLE001 - the estimate is a courtesy, never a reason not to run
+            console.print(f"estimate unavailable ({type(error).__name__}: {str(error)[:160]}); running anyway")
     directory = run_config.run_dir / run_config.name
     with run_lock(directory), logs.run_log(directory):
         result = Runner(run_config, config, Console(quiet=logs.quiet)).execute()
     if result.evaluation:
         console.print(evaluation_table(result.evaluation))
     console.print(summary_table(result))
+    if estimate is not None:
+        console.print(estimate_vs_actual_table(estimate, result.state.teacher))
 
 
 RunsRoot = Annotated[Path, typer.Option("--runs", help="Directory holding run states.")]

@@ -17,10 +17,15 @@ from curation.config import StageConfig
 from curation.review import ReviewConfig
 from factory.schema import canonical_json
 from factory.secrets import redact_secrets
+from factory.storage import as_location
 from factory.tasks.config import TaskConfig
 from factory.teachers.config import TeacherConfig
+from stillhouse.executors import ExecutorConfig, LocalExecutorConfig, executor_shorthand
 from stillhouse.yaml_config import load_config
 from trainer.config import TrainConfig
+
+PREFILTER_STAGES = ("heuristics", "exact_dedup", "minhash_dedup", "semantic_dedup")
+PROMPT_COLUMNS = ("instruction", "input")
 
 
 class StrictModel(BaseModel):
@@ -33,7 +38,14 @@ def relative_to_config(path: Path, info: ValidationInfo) -> Path:
     return path if path.is_absolute() or config_dir is None else Path(config_dir) / path
 
 
-def require_file(path: Path, what: str) -> Path:
+def location_field(value: object) -> object:
+    """Before validation: a URL (`s3://...`) stays a string (pathlib folds it into `s3:/...`), a path a Path."""
+    return as_location(value) if isinstance(value, (str, Path)) else value
+
+
+def require_file(path: Path | str, what: str) -> Path | str:
+    if isinstance(path, str):  # a URL: checked when it is read (one line naming it), not at load time
+        return path
     if not path.is_file():
         raise ValueError(f"{what} {path} does not exist")
     return path
@@ -49,7 +61,9 @@ class ColumnMapping(StrictModel):
 
 
 class SeedsConfig(StrictModel):
-    path: Path = Field(description="Seed file (JSONL, CSV or Parquet), relative to the config file.")
+    path: Path | str = Field(
+        description="Seed file (JSONL, CSV or Parquet), relative to the config file, or a URL (s3://bucket/seeds.jsonl)."
+    )
     format: Literal["jsonl", "csv", "parquet"] | None = Field(
         None, description="File format; inferred from the extension when omitted."
     )
@@ -59,9 +73,13 @@ class SeedsConfig(StrictModel):
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N seeds.")
 
+    _seed_url = field_validator("path", mode="before")(location_field)
+
     @field_validator("path")
     @classmethod
-    def _seed_file_exists(cls, path: Path, info: ValidationInfo) -> Path:
+    def _seed_file_exists(cls, path: Path | str, info: ValidationInfo) -> Path | str:
+        if isinstance(path, str):
+            return path
         return require_file(relative_to_config(path, info), "seed file")
 
 
@@ -99,8 +117,12 @@ class EvalConfig(StrictModel):
 
 class PublishConfig(StrictModel):
     name: str = Field(description="Dataset name: versions land in <root>/<name>/v<N>/.")
-    root: Path = Field(Path("datasets_out"), description="Dataset store root.")
+    root: Path | str = Field(
+        Path("datasets_out"), description="Dataset store root: a directory or a URL (s3://bucket/prefix)."
+    )
     description: str = ""
+
+    _root_url = field_validator("root", mode="before")(location_field)
 
     @field_validator("name")
     @classmethod
@@ -117,15 +139,26 @@ class RunConfig(StrictModel):
 
     name: str = Field(description="Run name: its state lives in <run_dir>/<name>/.")
     run_dir: Path = Field(Path("runs"), description="Where run states, shards and caches live.")
+    executor: ExecutorConfig = Field(
+        default_factory=LocalExecutorConfig,
+        description="Where the work runs: local (default), or {type: ray, address: auto, workers: N}.",
+    )
     seeds: SeedsConfig
     teacher: TeacherConfig | None = None
     teacher_training: TeacherTrainingConfig | None = None
+    prefilter: list[StageConfig] = Field(
+        default_factory=list,
+        description="Stages run on the prompts before any teacher request (heuristics on instruction/input, "
+        "exact / MinHash / semantic dedup of instruction+input): every row they drop is a request never paid for.",
+    )
     tasks: list[TaskConfig] = Field(default_factory=list)
     curation: list[StageConfig] = Field(default_factory=list)
     publish: PublishConfig
     review: ReviewConfig | None = None
     train: RunTrainConfig | None = None
     eval: EvalConfig | None = None
+
+    _executor_shorthand = field_validator("executor", mode="before")(executor_shorthand)
 
     @field_validator("name")
     @classmethod
@@ -136,8 +169,39 @@ class RunConfig(StrictModel):
         """What about the teacher changes its answers (not concurrency, limits or budget)."""
         if self.teacher is None:
             return ""
-        operational = {"concurrency", "rpm", "tpm", "max_retries", "timeout_s", "budget", "prices", "cache"}
+        operational = {
+            "concurrency",
+            "max_concurrency",
+            "rpm",
+            "tpm",
+            "max_retries",
+            "timeout_s",
+            "budget",
+            "prices",
+            "cache",
+        }
         return canonical_json(self.teacher.model_dump(mode="json", exclude=operational))
+
+    @field_validator("prefilter")
+    @classmethod
+    def _prefilter_needs_only_the_prompt(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        for index, stage in enumerate(stages):
+            where = f"prefilter[{index}] ({stage.stage})"
+            if stage.stage not in PREFILTER_STAGES:
+                raise ValueError(f"{where}: only {', '.join(PREFILTER_STAGES)} can run before the teacher answers")
+            columns = [stage.column] if stage.stage == "heuristics" else list(stage.columns)
+            answer_columns = [column for column in columns if column not in PROMPT_COLUMNS]
+            if answer_columns:
+                raise ValueError(
+                    f"{where}: looks at {answer_columns}, which the teacher has not written yet; "
+                    f"use {' / '.join(PROMPT_COLUMNS)}"
+                )
+            if stage.stage == "heuristics" and stage.truncated:
+                raise ValueError(f"{where}: `truncated` checks the teacher's answer; set truncated: false")
+        # Named apart from curation stages of the same kind, so the funnel tells them apart.
+        return [
+            stage if stage.name else stage.model_copy(update={"name": f"prefilter_{stage.stage}"}) for stage in stages
+        ]
 
     @model_validator(mode="after")
     def _sections_fit_together(self) -> RunConfig:

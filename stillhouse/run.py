@@ -82,6 +82,7 @@ class Runner:
         # and close on the same loop, whichever step (task, judge) uses them.
         self.loop = EventLoop()
         self._teacher = None
+        self._executor = None
         self.reused: list[str] = []  # steps this attempt took from earlier work
         self.teacher_this_run: dict[str, Any] = {}
 
@@ -91,12 +92,19 @@ class Runner:
         log.info(message)
 
     @property
-    def teacher(self):
-        """The run's teacher, built on first use."""
-        if self._teacher is None:
-            from factory.teachers import build_teacher
+    def executor(self):
+        """Where the steps' work runs (`executor:` in the config); connects on first use."""
+        if self._executor is None:
+            from stillhouse.executors import build_executor
 
-            self._teacher = build_teacher(self.config.teacher, cache_dir=self.cache_dir)
+            self._executor = build_executor(self.config.executor)
+        return self._executor
+
+    @property
+    def teacher(self):
+        """The run's teacher, built on first use by the executor (on Ray: fanned out over actors)."""
+        if self._teacher is None:
+            self._teacher = self.executor.teacher(self.config.teacher, self.cache_dir)
         return self._teacher
 
     @property
@@ -115,6 +123,9 @@ class Runner:
         finally:
             self._teacher = None
             self.loop.close()
+            if self._executor is not None:
+                self._executor.close()
+                self._executor = None
 
     # -- the step mechanism -----------------------------------------------------
     def step(
@@ -181,6 +192,33 @@ class Runner:
         self._log(f"seeds: {records.height} records from {seeds.path}")
         return records, fingerprint("seeds", records["id"].to_list())
 
+    def prefilter(self, records: pl.DataFrame, input_fp: str) -> tuple[pl.DataFrame, str]:
+        """The `prefilter:` stages on the prompts, before any teacher request: a row they drop is never sent."""
+        configs = self.config.prefilter
+        if not configs:
+            return records, input_fp
+        step_fp = fingerprint("prefilter", [c.model_dump(mode="json") for c in configs], input_fp)
+
+        def compute(directory: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+            from curation.pipeline import run_stages
+            from curation.stages import build_stage
+            from stillhouse.estimate import requests_per_record
+
+            stages = [build_stage(c, store=self.store) for c in configs]
+            filtered, _ = run_stages(records, stages, console=self.console)
+            write_frame_atomic(filtered, directory / OUTPUT)
+            dropped = int(filtered["drop_stage"].is_not_null().sum())
+            saved = dropped * requests_per_record(self.config)
+            self._log(
+                f"prefilter: {dropped} of {records.height} prompts dropped before the teacher: {saved} requests saved"
+            )
+            return filtered, {"rows": filtered.height, "dropped": dropped, "requests_saved": saved}
+
+        def load(directory: Path, entry: dict[str, Any]) -> pl.DataFrame:
+            return pl.read_parquet(directory / OUTPUT)
+
+        return self.step("prefilter", step_fp, compute, load), step_fp
+
     def teacher_training(self) -> None:
         """Build a classifier teacher from labelled examples when the config asks for it."""
         spec = self.config.teacher_training
@@ -245,13 +283,15 @@ class Runner:
         step_fp = fingerprint([c.model_dump(mode="json") for c in configs], input_fp)
 
         def compute(directory: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
-            from curation.config import build_stage
             from curation.pipeline import run_stages
+            from curation.stages import build_stage
 
             needs_teacher = any(c.stage == "judge" for c in configs)
             teacher = self.teacher if needs_teacher else None
             stages = [build_stage(c, teacher=teacher, loop=self.loop, store=self.store) for c in configs]
-            curated, _ = run_stages(frame, stages, console=self.console, earlier_stages=task_stages)
+            curated, _ = run_stages(
+                frame, stages, console=self.console, executor=self.executor, earlier_stages=task_stages
+            )
             write_frame_atomic(curated, directory / OUTPUT)
             return curated, {"rows": curated.height}
 
@@ -286,6 +326,7 @@ class Runner:
                 funnel=funnel,
                 label_set=self._label_set(),
                 description=publish.description,
+                key=step_fp,  # checked under the store's lock: two runs of one config publish once
             )
             self._log(f"publish: {version.ref} ({version.manifest['rows']['kept']} kept) -> {version.path}")
             return version, {"ref": version.ref}
@@ -299,14 +340,14 @@ class Runner:
 
     def _published_by(self, step_fp: str) -> DatasetVersion | None:
         name = self.config.publish.name
-        for number in reversed(self.store.versions(name) if self.store.root.is_dir() else []):
+        for number in reversed(self.store.versions(name) if self.store.exists() else []):
             candidate = self.store.resolve(f"{name}@v{number}")
             if candidate.manifest.get("config", {}).get("run", {}).get("fingerprint") == step_fp:
                 return candidate
         return None
 
     def _has_versions(self) -> bool:
-        return self.store.root.is_dir() and bool(self.store.versions(self.config.publish.name))
+        return self.store.exists() and bool(self.store.versions(self.config.publish.name))
 
     def _label_set(self) -> list[str] | None:
         for task_config in self.config.tasks:
@@ -392,6 +433,8 @@ class Runner:
         report = write_report(
             version, self.state.directory / "report.html", evaluation=evaluation, review=review_report(version)
         )
+        if not self.store.local:  # on object storage the report stays in the run directory
+            return report
         beside_version = report_path(version)  # the version directory itself is read-only
         beside_version.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(report, beside_version)
@@ -408,9 +451,10 @@ class Runner:
         try:
             records, records_fp = self.seeds()
             crash_point("after:seeds")
+            records, records_fp = self.prefilter(records, records_fp)
             self.teacher_training()
             rejected_parts: list[pl.DataFrame] = []
-            task_stage_names: list[str] = []
+            task_stage_names: list[str] = [c.name or c.stage for c in self.config.prefilter]
             for index, task_config in enumerate(self.config.tasks):
                 records, rejected, records_fp = self.task(index, task_config, records, records_fp)
                 task_stage_names.append(task_config.type)
@@ -478,6 +522,13 @@ def summary_table(result: RunResult) -> Table:
         table.add_row("student", str(result.model_dir))
     if result.report is not None:
         table.add_row("report", str(result.report))
+    prefilter = result.state.steps.get("prefilter")
+    if prefilter:
+        table.add_row(
+            "prefilter",
+            f"{prefilter.get('dropped', 0)} prompts dropped before the teacher: "
+            f"{prefilter.get('requests_saved', 0)} requests saved",
+        )
     if result.reused:
         table.add_row("reused", ", ".join(result.reused) + " (done earlier; nothing recomputed)")
     teacher, now = result.state.teacher, result.teacher_this_run

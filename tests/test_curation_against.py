@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation.config import ExactDedupConfig, MinHashDedupConfig, SemanticDedupConfig, build_stage
-from curation.stages import SemanticDedup
+from curation.config import ExactDedupConfig, MinHashDedupConfig, SemanticDedupConfig
+from curation.stages import SemanticDedup, build_stage
 from curation.store import DatasetStore
 from factory.schema import conform, record_id
 

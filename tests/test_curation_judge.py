@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from curation.config import JudgeConfig, build_stage
+from curation.config import JudgeConfig
 from curation.pipeline import run_stages
-from curation.stages import Judge
+from curation.stages import Judge, build_stage
 from curation.stages.judge import parse_score
 from factory.errors import StillhouseError
 from factory.schema import conform

@@ -1,11 +1,11 @@
-"""apply_verdicts on a frame with samples: a correction detaches the row from its teacher sample."""
+"""Review verdicts applied as a stage to a frame with samples: a correction detaches the row from its teacher sample."""
 
 from __future__ import annotations
 
 import polars as pl
 
 from curation.review import ReviewConfig
-from curation.review_apply import apply_verdicts
+from curation.review_apply import ReviewVerdicts
 from factory.schema import conform
 
 
@@ -35,9 +35,10 @@ def test_a_correction_clears_samples_and_chosen_sample():
         schema=["id", "reviewer", "question", "value"],
         orient="row",
     )
-    reviewed, _ = apply_verdicts(
-        frame, responses, classification=False, label_set=None, sampled_ids=["fixed", "kept"], config=ReviewConfig()
+    stage = ReviewVerdicts(
+        responses, classification=False, label_set=None, sampled_ids=["fixed", "kept"], config=ReviewConfig()
     )
+    reviewed = stage.apply(frame)
     rows = {row["id"]: row for row in reviewed.to_dicts()}
     assert rows["fixed"]["response"] == "new text"
     assert rows["fixed"]["samples"] is None and rows["fixed"]["chosen_sample"] is None

@@ -21,11 +21,10 @@ from curation.config import (
     HeuristicsConfig,
     MinHashDedupConfig,
     StageConfig,
-    build_stage,
 )
 from curation.minhash_kernel import band_keys, signatures
 from curation.pipeline import run_stages
-from curation.stages import Consistency, Entropy, ExactDedup, Heuristics, MinHashDedup, StageInputError
+from curation.stages import Consistency, Entropy, ExactDedup, Heuristics, MinHashDedup, StageInputError, build_stage
 from curation.stages.base import chosen_samples
 from curation.stages.minhash_dedup import band_candidates, lsh_shape
 from curation.text import _fmix32, gram_hashes, shingle

@@ -157,3 +157,135 @@ def test_diff_counts_added_removed_changed_and_funnel(tmp_path):
     assert diff.newly_rejected == ["id0"]
     assert diff.changed == ["id1"]
     assert diff.funnel_deltas == [{"stage": "review", "reason": "rejected", "old": 0, "new": 1}]
+
+
+def _edit_manifest(version, change):
+    path = version.path / "manifest.json"
+    path.chmod(0o644)
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m["rows"].update(kept=5),
+        lambda m: m.update(label_set=["a", "c"]),
+        lambda m: m["funnel"][0]["dropped"].update(too_short=1),
+    ],
+    ids=["row_count", "label_set", "funnel"],
+)
+def test_tampered_manifest_fails_verify_and_every_read(tmp_path, run_cli, change):
+    store = DatasetStore(tmp_path)
+    store.publish("d", make_frame(), label_set=["a", "b"])
+    good = store.publish("d", make_frame(tag="!"), label_set=["a", "b"])
+    _edit_manifest(store.resolve("d@v1"), change)
+    with pytest.raises(
+        CorruptVersionError, match=r"d@v1: manifest.json does not match its seal \(edited after publish"
+    ):
+        store.resolve("d@v1", verify=False)
+    code, _, err = run_cli("datasets", "verify", "d@v1", "--root", tmp_path)
+    assert code == 1 and "d@v1: manifest.json does not match its seal" in err and err.strip().count("\n") == 0
+    assert store.resolve("d@v2").read().height == good.read().height  # the other version is untouched
+
+
+def test_resealed_manifest_with_wrong_counts_or_labels_fails_verify(tmp_path):
+    """Even a manifest whose seal was recomputed must agree with its files."""
+    from curation.store import manifest_seal
+
+    store = DatasetStore(tmp_path)
+    store.publish("d", make_frame(), label_set=["a", "b"])
+
+    def reseal(change):
+        def apply(manifest):
+            change(manifest)
+            manifest["seal"] = manifest_seal(manifest)
+
+        return apply
+
+    store.publish("e", make_frame(), label_set=["a", "b"])
+    _edit_manifest(store.resolve("d@v1"), reseal(lambda m: m["rows"].update(kept=5, total=7)))
+    with pytest.raises(CorruptVersionError, match="d@v1: manifest.json says 5 kept rows, data.parquet has 4"):
+        store.resolve("d@v1").read()
+    _edit_manifest(store.resolve("e@v1"), reseal(lambda m: m.update(label_set=["a", "c"])))
+    with pytest.raises(CorruptVersionError, match="e@v1: data.parquet has label 'b', which is not in the manifest"):
+        store.resolve("e@v1")
+
+
+def test_broken_manifest_does_not_hide_other_datasets(tmp_path, run_cli):
+    store = DatasetStore(tmp_path)
+    store.publish("good", make_frame())
+    broken = store.publish("broken", make_frame())
+    manifest = broken.path / "manifest.json"
+    manifest.chmod(0o644)
+    manifest.write_text("{")
+    entries = {entry.name: entry for entry in store.listing()}
+    assert entries["good"].latest.ref == "good@v1" and entries["good"].error is None
+    assert entries["broken"].latest is None and "manifest.json is malformed" in entries["broken"].error
+    code, out, _ = run_cli("datasets", "list", "--root", tmp_path)
+    assert code == 0
+    assert "good@v1" in out and "BROKEN" in out and "broken" in out
+
+
+_KILL_SCRIPT = """
+import sys, polars as pl
+from curation.store import DatasetStore
+n = 400_000
+frame = pl.DataFrame({"id": [f"id{i}" for i in range(n)], "instruction": [f"question number {i}" for i in range(n)],
+                      "input": [""] * n, "origin": ["seed"] * n, "response": [f"answer {i} " * 20 for i in range(n)]})
+print("ready", flush=True)
+DatasetStore(sys.argv[1]).publish("d", frame)
+"""
+
+
+def test_sigkill_during_publish_leaves_no_stale_staging(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = DatasetStore(tmp_path)
+    store.publish("d", make_frame())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path)], env=env, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == b"ready"
+        deadline = time.time() + 60
+        while not list((tmp_path / "d").glob(".tmp-*")) and time.time() < deadline:
+            time.sleep(0.002)
+        os.kill(child.pid, signal.SIGKILL)  # mid-publish: the staging dir exists, no version yet
+    finally:
+        child.wait(timeout=60)
+    staging = list((tmp_path / "d").glob(".tmp-*"))
+    assert len(staging) == 1 and f"-{child.pid}-" in staging[0].name  # temp names carry the publisher's pid
+    assert store.versions("d") == [1]  # nothing half-published
+    assert [entry.name for entry in store.listing()] == ["d"]  # the listing cleans the dead publisher's dir
+    assert not list((tmp_path / "d").glob(".tmp-*"))
+    staging[0].mkdir()  # and so does the next publish
+    assert store.publish("d", make_frame(tag="?")).version == 2
+    assert not list((tmp_path / "d").glob(".tmp-*"))
+
+
+def _keyed_publish_worker(root, start_at, index):
+    while time.time() < start_at:
+        time.sleep(0.001)
+    DatasetStore(root).publish("keyed", make_frame(n=50), description=f"writer {index}", key="run-fingerprint-1")
+
+
+def test_idempotent_publish_checks_existence_under_the_lock(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    start_at = time.time() + 4
+    workers = [context.Process(target=_keyed_publish_worker, args=(tmp_path, start_at, i)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    store = DatasetStore(tmp_path)
+    assert store.versions("keyed") == [1]  # four racing publishers of one key: one version
+    again = store.publish("keyed", make_frame(n=50), key="run-fingerprint-1")
+    assert again.ref == "keyed@v1"
+    assert store.publish("keyed", make_frame(n=50), key="another").ref == "keyed@v2"
+    assert not list((tmp_path / "keyed").glob(".tmp-*"))

@@ -54,3 +54,32 @@ def test_vllm_sampling_n_and_seed(vllm_teacher):
     for sample in first.samples:
         assert len(sample.token_ids) == len(sample.logprobs) == len(sample.top_ids)
         assert all(len(top) == 2 for top in sample.top_ids)
+
+
+def test_vllm_engine_starts_after_minhash_dedup_ran_in_the_same_process(tiny_llama, tmp_path):
+    """A run that deduplicates prompts (numba, hence llvmlite) before an in-process vLLM teacher:
+    vLLM's kernel dispatcher scans every module's globals at start-up and used to fail on
+    llvmlite's lazy `lib` object."""
+    pytest.importorskip("vllm")
+    import subprocess
+    import sys
+
+    script = f"""
+import asyncio, polars as pl
+from curation.minhash_kernel import band_keys
+from curation.text import gram_hashes
+band_keys(*gram_hashes(pl.Series(["one two three four"]), "word", 3), 4, 2, 1)
+from factory.teachers import TeacherRequest, VLLMTeacherConfig, build_teacher
+teacher = build_teacher(VLLMTeacherConfig(model={str(tiny_llama)!r}, dtype="float32", enforce_eager=True,
+                                          max_model_len=128))
+[generation] = asyncio.run(teacher.generate([TeacherRequest.chat("Hi", max_tokens=4)]))
+assert generation.ok, generation.error
+print("ok", len(generation.samples[0].token_ids))
+"""
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ok 4" in done.stdout

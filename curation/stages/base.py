@@ -1,14 +1,19 @@
 """The stage contract: score columns in, `drop_stage`/`drop_reason` set on rejected rows, nothing deleted.
 
 A stage only judges rows no earlier stage dropped: a dropped row keeps its first
-reason. Shared pieces used by several stages (keep-best ordering, union-find) live
-here too, once.
+reason. A stage declares its `scope`, so an executor can run it where it likes without
+the stage knowing: `ROW` (any split of the rows gives the same answer: run it on blocks
+in parallel) or `GLOBAL` (it needs every row). A global stage may split off a parallel
+part, `prepare` (per-block columns such as MinHash signatures or embeddings, listed in
+`prepared_columns`), which `score` then uses instead of computing them itself.
+Shared pieces used by several stages (keep-best ordering, union-find) live here too, once.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from enum import Enum
 
 import numpy as np
 import polars as pl
@@ -22,10 +27,20 @@ class StageInputError(StillhouseError):
     """A frame lacks a column a stage needs (or has it in an unusable type)."""
 
 
+class Scope(str, Enum):
+    ROW = "row"  # row-local: any split of the rows gives the same answer
+    GLOBAL = "global"  # needs all rows at once (optionally after a parallel `prepare`)
+
+
 class Stage(ABC):
     """One curation filter. Subclasses set `required_columns` and implement `score`."""
 
     name: str = "stage"
+    # Columns `prepare` adds (the parallel part of a global stage); empty: no parallel part.
+    prepared_columns: tuple[str, ...] = ()
+    # False for stages holding a client that cannot travel to a worker process (the judge's
+    # teacher): they run in the driver, where the executor's teacher fans their requests out.
+    portable: bool = True
 
     def __init__(self) -> None:
         self.notes: list[str] = []  # things the funnel table should tell the user (e.g. unparsed judge replies)
@@ -33,6 +48,15 @@ class Stage(ABC):
     @property
     def required_columns(self) -> tuple[str, ...]:
         return ()
+
+    @property
+    def scope(self) -> Scope:
+        """GLOBAL unless a stage says otherwise: the safe default runs it on the whole frame."""
+        return Scope.GLOBAL
+
+    def prepare(self, block: pl.DataFrame) -> pl.DataFrame:
+        """The parallel part of a global stage: `block` with `prepared_columns` added (row-local)."""
+        return block
 
     def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The frame with this stage's score columns, and drops for the rows it rejects."""

@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from curation.config import ConsistencyConfig
-from curation.stages.base import Stage
+from curation.stages.base import Scope, Stage
 from curation.stages.semantic_dedup import Encoder, sentence_transformer_encoder
 from factory.tasks.parsing import final_answer_expr
 
@@ -62,6 +62,13 @@ class Consistency(Stage):
         self.config = config or ConsistencyConfig()
         self.name = self.config.name or "consistency"
         self._encoder = encoder
+
+    @property
+    def scope(self) -> Scope:
+        """Row-local unless the label set is read off the whole frame (see `_labels`)."""
+        if self.config.labels or self.config.mode in ("final_answer", "open"):
+            return Scope.ROW
+        return Scope.GLOBAL
 
     @property
     def encoder(self) -> Encoder:

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from curation.config import EntropyConfig
-from curation.stages.base import Stage, StageInputError, active, chosen_samples
+from curation.stages.base import Scope, Stage, StageInputError, active, chosen_samples
 
 
 def _plogp(p: pl.Expr) -> pl.Expr:
@@ -87,6 +87,11 @@ class Entropy(Stage):
         super().__init__()
         self.config = config or EntropyConfig()
         self.name = self.config.name or "entropy"
+
+    @property
+    def scope(self) -> Scope:
+        """A quantile cut looks at every kept row; an absolute one at each row alone."""
+        return Scope.GLOBAL if self.config.max_quantile is not None else Scope.ROW
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         if "samples" not in frame.columns and "label_probs" not in frame.columns:

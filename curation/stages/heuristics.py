@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from curation.config import HeuristicsConfig
-from curation.stages.base import Stage, chosen_samples
+from curation.stages.base import Scope, Stage, chosen_samples
 
 # Openers and phrases of a teacher declining or apologising instead of answering.
 REFUSAL_PATTERNS = [
@@ -39,6 +39,8 @@ TEXT_CHARS = r"[\p{L}\p{N}\s.,;:!?'\"()\-/’“”]"
 
 
 class Heuristics(Stage):
+    scope = Scope.ROW
+
     def __init__(self, config: HeuristicsConfig | None = None) -> None:
         super().__init__()
         self.config = config or HeuristicsConfig()

@@ -24,7 +24,7 @@ import polars as pl
 from rich.console import Console
 
 from curation.config import JudgeConfig
-from curation.stages.base import Stage, active, progress
+from curation.stages.base import Scope, Stage, active, progress
 from factory.aio import EventLoop, default_loop
 from factory.errors import StillhouseError
 from factory.teachers.base import Generation, Teacher, TeacherRequest
@@ -100,6 +100,9 @@ class _PromptOnlyLLM:
 
 
 class Judge(Stage):
+    scope = Scope.ROW
+    portable = False  # holds the teacher: runs in the driver, its requests fan out through the executor's teacher
+
     def __init__(self, config: JudgeConfig | None, teacher: Teacher, loop: EventLoop | None = None) -> None:
         super().__init__()
         self.config = config or JudgeConfig()

@@ -20,11 +20,21 @@ import polars as pl
 from curation.against import load_references
 from curation.config import MinHashDedupConfig
 from curation.minhash_kernel import band_keys
-from curation.stages.base import Stage, active, keep_best_of_groups, keep_rank, progress, union_find
+from curation.stages.base import (
+    Stage,
+    active,
+    keep_best_of_groups,
+    keep_rank,
+    progress,
+    union_find,
+    with_drop_columns,
+)
 from curation.store import DatasetStore
 from curation.text import gram_hashes, joined, shingle
 
 KERNEL = "mshift1"  # names the signature family in cache keys: change it when the hashing changes
+KEYS_COLUMN = "_minhash_keys"  # prepared in parallel: each live row's LSH band keys
+GRAMS_COLUMN = "_minhash_has_grams"
 
 
 def lsh_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
@@ -89,6 +99,10 @@ def _live_texts(frame: pl.DataFrame, live: np.ndarray, columns: list[str]) -> pl
 
 
 class MinHashDedup(Stage):
+    # Global, split as datatrove does: band keys per block (parallel, `prepare`), then buckets,
+    # exact-Jaccard verification of the candidates and keep-best marking on the whole frame.
+    prepared_columns = (KEYS_COLUMN, GRAMS_COLUMN)
+
     def __init__(self, config: MinHashDedupConfig | None = None, show_progress: bool = True) -> None:
         super().__init__()
         self.config = config or MinHashDedupConfig()
@@ -120,6 +134,23 @@ class MinHashDedup(Stage):
             keys[start:stop] = band_keys(grams, offsets, self.bands, self.rows, c.seed)
             has_grams[start:stop] = np.diff(offsets) > 0
         return keys, has_grams
+
+    def prepare(self, block: pl.DataFrame) -> pl.DataFrame:
+        """Band keys of a block's live rows (zeros and no grams for dropped rows): row-local, parallel."""
+        block = with_drop_columns(block)
+        live = np.flatnonzero(active(block).to_numpy())
+        keys = np.zeros((block.height, self.bands), dtype=np.uint64)
+        has_grams = np.zeros(block.height, dtype=bool)
+        if len(live):
+            keys[live], has_grams[live] = self.sketch(_live_texts(block, live, self.config.columns))
+        return block.with_columns(pl.Series(KEYS_COLUMN, keys), pl.Series(GRAMS_COLUMN, has_grams))
+
+    def _sketch_live(self, frame: pl.DataFrame, live: np.ndarray, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows' band keys: as `prepare` computed them in parallel when present, else here."""
+        if KEYS_COLUMN in frame.columns:
+            keys = frame[KEYS_COLUMN].to_numpy()[live].astype(np.uint64, copy=False)
+            return keys, frame[GRAMS_COLUMN].to_numpy()[live]
+        return self.sketch(texts)
 
     def drop_published(self, frame: pl.DataFrame, live: np.ndarray, texts: pl.Series) -> pl.DataFrame:
         """Drop live rows at jaccard >= threshold to a kept row of an `against` version (exactly verified)."""
@@ -164,7 +195,7 @@ class MinHashDedup(Stage):
             frame = self.drop_published(frame, live, texts)
             still = active(frame).to_numpy()[live]
             live, texts = live[still], texts.filter(pl.Series(still))
-        keys, has_grams = self.sketch(texts)
+        keys, has_grams = self._sketch_live(frame, live, texts)
         left, right = band_candidates(keys, np.flatnonzero(has_grams))
         # Exact shingle sets only for the rows in some candidate pair.
         members = np.unique(np.concatenate([left, right]))

@@ -19,7 +19,15 @@ import polars as pl
 
 from curation.against import load_references
 from curation.config import SemanticDedupConfig
-from curation.stages.base import Stage, active, keep_best_of_groups, keep_rank, progress, union_find
+from curation.stages.base import (
+    Stage,
+    active,
+    keep_best_of_groups,
+    keep_rank,
+    progress,
+    union_find,
+    with_drop_columns,
+)
 from curation.store import DatasetStore
 from curation.text import joined
 
@@ -79,7 +87,14 @@ def similar_pairs(
     return left[first], right[first], cosine[first]
 
 
+EMBEDDING_COLUMN = "_embedding"
+
+
 class SemanticDedup(Stage):
+    # Global: embeddings per block (parallel, `prepare`; one model per worker, loaded once),
+    # then clustering and keep-best marking on the whole frame.
+    prepared_columns = (EMBEDDING_COLUMN,)
+
     def __init__(self, config: SemanticDedupConfig | None = None, encoder: Encoder | None = None) -> None:
         super().__init__()
         self.config = config or SemanticDedupConfig()
@@ -124,20 +139,44 @@ class SemanticDedup(Stage):
             frame = self.drop(frame, pl.Series(hit), reason)
         return frame
 
+    def _rows(self, frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
+        """The texts and the rows to embed: live, not blank."""
+        texts = frame.select(joined(self.config.columns).alias("t"))["t"]
+        rows = np.flatnonzero(active(frame).to_numpy() & (texts.str.strip_chars().str.len_chars() > 0).to_numpy())
+        return texts, rows
+
+    def _embed(self, frame: pl.DataFrame, texts: pl.Series, rows: np.ndarray) -> np.ndarray:
+        """Unit vectors of `rows`: those `prepare` computed in parallel when present, else encoded here."""
+        if EMBEDDING_COLUMN in frame.columns:
+            return np.stack(frame[EMBEDDING_COLUMN].gather(rows).to_list()).astype(np.float32)
+        return self.encoder(texts.gather(rows).to_list())
+
+    def prepare(self, block: pl.DataFrame) -> pl.DataFrame:
+        """Embeddings of a block's live, non-blank rows (null elsewhere): row-local, parallel."""
+        block = with_drop_columns(block)
+        texts, rows = self._rows(block)
+        embedded = pl.DataFrame(
+            {"_row": rows, EMBEDDING_COLUMN: pl.Series([], dtype=pl.List(pl.Float32))}
+            if not len(rows)
+            else {"_row": rows, EMBEDDING_COLUMN: pl.Series(self.encoder(texts.gather(rows).to_list()))},
+        ).with_columns(pl.col("_row").cast(pl.Int64), pl.col(EMBEDDING_COLUMN).cast(pl.List(pl.Float32)))
+        positions = pl.DataFrame({"_row": np.arange(block.height, dtype=np.int64)})
+        column = positions.join(embedded, on="_row", how="left", maintain_order="left")[EMBEDDING_COLUMN]
+        return block.with_columns(column)
+
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         c = self.config
         text = joined(c.columns)
-        texts = frame.select(text.alias("t"))["t"]
-        rows = np.flatnonzero(active(frame).to_numpy() & (texts.str.strip_chars().str.len_chars() > 0).to_numpy())
+        texts, rows = self._rows(frame)
         embeddings = np.zeros((frame.height, 1), dtype=np.float32)
         left = right = np.zeros(0, dtype=np.int64)
         if c.against and len(rows):
-            vectors = self.encoder(texts.gather(rows).to_list())
+            vectors = self._embed(frame, texts, rows)
             frame = self.drop_published(frame, rows, vectors)
             still = active(frame).to_numpy()[rows]
             rows, known_vectors = rows[still], vectors[still]
         if len(rows) >= 2:
-            vectors = known_vectors if c.against else self.encoder(texts.gather(rows).to_list())
+            vectors = known_vectors if c.against else self._embed(frame, texts, rows)
             embeddings = np.zeros((frame.height, vectors.shape[1]), dtype=np.float32)
             embeddings[rows] = vectors
             local_left, local_right, _ = similar_pairs(vectors, c.threshold, c.cluster_size, c.probes, c.seed)

@@ -68,6 +68,7 @@ def build_teacher(config: TeacherConfig, cache_dir: Path | None = None, show_pro
     cache = ResponseCache(Path(cache_dir) / CACHE_FILE_NAME) if cache_dir is not None and config.cache else None
     machinery = {
         "concurrency": config.concurrency,
+        "max_concurrency": config.max_concurrency,
         "rpm": config.rpm,
         "tpm": config.tpm,
         "max_retries": config.max_retries,
@@ -78,6 +79,11 @@ def build_teacher(config: TeacherConfig, cache_dir: Path | None = None, show_pro
         "show_progress": show_progress,
     }
     try:
+        if isinstance(config, OpenAITeacherConfig) and config.mode == "batch":
+            from factory.teachers.openai_batch import OpenAIBatchTeacher
+
+            machinery["prices"] = config.prices.for_batch() if config.prices is not None else None
+            return OpenAIBatchTeacher(config, state_dir=cache_dir, **machinery)
         if isinstance(config, OpenAITeacherConfig):
             from factory.teachers.openai_backend import OpenAITeacher
 
@@ -109,4 +115,5 @@ def estimate_cost(config: TeacherConfig, n_requests: int, prompt_tokens: int, co
     table; None when the config has no prices (local backends usually)."""
     if config.prices is None:
         return None
-    return n_requests * config.prices.usd(prompt_tokens, completion_tokens)
+    prices = config.prices.for_batch() if getattr(config, "mode", "online") == "batch" else config.prices
+    return n_requests * prices.usd(prompt_tokens, completion_tokens)

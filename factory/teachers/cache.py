@@ -102,6 +102,16 @@ class ResponseCache:
                 (key, generation_payload(generation), time.time()),
             )
 
+    def merge(self, path: Path | str) -> int:
+        """Copy in every answer of another cache file (a worker's shard) that this one lacks; returns how many."""
+        before = len(self)
+        self._db.execute("ATTACH DATABASE ? AS shard", (str(path),))
+        try:
+            self._db.execute("INSERT OR IGNORE INTO responses SELECT key, payload, created FROM shard.responses")
+        finally:
+            self._db.execute("DETACH DATABASE shard")
+        return len(self) - before
+
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 

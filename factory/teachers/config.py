@@ -23,22 +23,35 @@ class Budget(BaseModel):
 
 
 class Prices(BaseModel):
-    """USD per one million tokens."""
+    """USD per one million tokens; `batch_*`: the provider's batch-API rate (OpenAI: half)."""
 
     model_config = ConfigDict(extra="forbid")
 
     input_per_1m: float = Field(ge=0)
     output_per_1m: float = Field(ge=0)
+    batch_input_per_1m: float | None = Field(default=None, ge=0, description="None: the online rate")
+    batch_output_per_1m: float | None = Field(default=None, ge=0, description="None: the online rate")
 
     def usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1_000_000
+
+    def for_batch(self) -> Prices:
+        """The rates batch requests are billed at (the online ones where no batch rate is given)."""
+        return Prices(
+            input_per_1m=self.input_per_1m if self.batch_input_per_1m is None else self.batch_input_per_1m,
+            output_per_1m=self.output_per_1m if self.batch_output_per_1m is None else self.batch_output_per_1m,
+        )
 
 
 class _TeacherConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(description="model name (openai) or local model directory")
-    concurrency: int = Field(default=16, ge=1, description="requests in flight at once")
+    concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=16,
+        description="requests in flight at once, or `auto`: AIMD (grow while answered, cut on 429/503/timeouts)",
+    )
+    max_concurrency: int = Field(default=256, ge=1, description="`concurrency: auto` never goes above this")
     rpm: int | None = Field(default=None, gt=0, description="requests-per-minute limit")
     tpm: int | None = Field(default=None, gt=0, description="tokens-per-minute limit (prompt + max completion)")
     max_retries: int = Field(default=5, ge=0)
@@ -54,8 +67,24 @@ class _TeacherConfigBase(BaseModel):
         return self
 
 
+class BatchSettings(BaseModel):
+    """`mode: batch`: the provider's batch API (upload a JSONL file, poll, download)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    completion_window: str = Field(default="24h", description="the provider's completion window")
+    max_requests: int = Field(default=50_000, ge=1, description="requests per batch (OpenAI: 50,000)")
+    max_bytes: int = Field(default=200_000_000, ge=1024, description="input file size per batch (OpenAI: 200 MB)")
+    poll_initial_s: float = Field(default=5.0, gt=0, description="first wait between status checks")
+    poll_max_s: float = Field(default=60.0, gt=0, description="the wait grows by half each check up to this")
+
+
 class OpenAITeacherConfig(_TeacherConfigBase):
     backend: Literal["openai"] = "openai"
+    mode: Literal["online", "batch"] = Field(
+        default="online", description="online: one request at a time, many in flight; batch: the batch API"
+    )
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None: api.openai.com")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
     tokenizer: str | None = Field(default=None, description="local tokenizer to recover token ids from token text")

@@ -32,9 +32,14 @@ class RetryableError(Exception):
     retries comes back as a Generation with `error` set.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None, maybe_billed: bool = False):
+    def __init__(
+        self, message: str, retry_after: float | None = None, maybe_billed: bool = False, congestion: bool = False
+    ):
         super().__init__(message)
         self.retry_after = retry_after
+        # True when the server is pushing back (429, 503, timeouts): `concurrency: auto`
+        # then sends fewer requests at once.
+        self.congestion = congestion
         # True when the server may have done the work (timeout, cut-off body): the
         # budget then counts the request's worst case.
         self.maybe_billed = maybe_billed

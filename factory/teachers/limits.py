@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ class RateLimiter:
         self._clock = clock
         self._next_request_at = 0.0
         self._next_tokens_at = 0.0
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     def reserve(self, tokens: int) -> float:
         """Claim the next slot for a request of `tokens`; returns seconds to wait for it."""
@@ -57,11 +61,135 @@ class RateLimiter:
         self._next_request_at = max(self._next_request_at, when)
 
     async def acquire(self, tokens: int) -> None:
+        """Wait for this request's slot. Requests go one after another, and the next slot
+        counts from when this one really went (a late wake-up never bunches two together)."""
         if self.rpm is None and self.tpm is None and self._next_request_at <= self._clock():
             return
-        delay = self.reserve(tokens)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        async with self._turn():
+            due = self._clock()
+            delay = self.reserve(tokens)
+            if delay > 0:
+                due += delay
+                await asyncio.sleep(delay)
+            late = self._clock() - due
+            if late > 0:  # woke (or got the turn) late: the slots after it move back as far
+                self._next_request_at += late if self.rpm else 0.0
+                self._next_tokens_at += late if self.tpm else 0.0
+
+    def _turn(self) -> asyncio.Lock:
+        # asyncio primitives belong to one loop; a teacher may serve several in turn.
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
+
+    def requests_per_second(self, tokens: int) -> float | None:
+        """The steady rate the limits allow for requests of `tokens` each; None: unlimited."""
+        rates = []
+        if self.rpm:
+            rates.append(self.rpm / 60.0)
+        if self.tpm:
+            rates.append(self.tpm / 60.0 / max(1, min(tokens, self.tpm)))
+        return min(rates) if rates else None
+
+
+class ConcurrencyLimit:
+    """How many requests may be in flight at once: a fixed number, or AIMD ("auto").
+
+    Adaptive: the limit starts at `initial`, grows by one per answered request until the
+    first congestion signal (slow start: it doubles every round trip), then by one per
+    round trip (1/limit per answer); a congestion signal (429, 503, a timeout) multiplies
+    it by `decrease`, once per round trip: answers to requests sent before the last cut
+    do not cut again. With rpm/tpm limits it never grows past what those allow at the
+    observed latency (more in flight would only queue at the client).
+
+    Not bound to an event loop: waiters are futures of whichever loop is running.
+    """
+
+    def __init__(
+        self,
+        initial: int,
+        *,
+        adaptive: bool = False,
+        maximum: int = 256,
+        decrease: float = 0.7,
+        rate_bound: RateLimiter | None = None,
+        clock=time.monotonic,
+    ):
+        self.adaptive = adaptive
+        self.maximum = max(1, maximum if adaptive else initial)
+        self.limit = float(min(initial, self.maximum))
+        self.decrease = decrease
+        self.in_flight = 0
+        self.peak = self.limit
+        self.cuts = 0
+        self._slow_start = adaptive
+        self._last_cut = -math.inf
+        self._latency_s: float | None = None  # EWMA of answered attempts
+        self._rate_bound = rate_bound
+        self._clock = clock
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self) -> None:
+        """Wait for a slot."""
+        if self.in_flight < int(self.limit) and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # `_wake` counts the slot as ours before it wakes us
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():  # handed a slot while being cancelled
+                self.in_flight -= 1
+                self._wake()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.in_flight -= 1
+        self._wake()
+
+    def observe(self, sent_at: float, *, congested: bool = False, answered: bool = False, tokens: int = 0) -> None:
+        """Adapt to one attempt's outcome (no-op when fixed). `congested`: the server
+        pushed back (429, 503, timeout); `answered`: it answered, so the time since
+        `sent_at` is a round trip."""
+        if not self.adaptive:
+            return
+        now = self._clock()
+        if congested:
+            if sent_at >= self._last_cut:  # one cut per round trip
+                self.limit = max(1.0, self.limit * self.decrease)
+                self._last_cut = now
+                self._slow_start = False
+                self.cuts += 1
+        elif answered:
+            latency = now - sent_at
+            self._latency_s = latency if self._latency_s is None else 0.9 * self._latency_s + 0.1 * latency
+            self.limit = min(self._ceiling(tokens), self.limit + (1.0 if self._slow_start else 1.0 / self.limit))
+            self.peak = max(self.peak, self.limit)
+            self._wake()
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _ceiling(self, tokens: int) -> float:
+        rate = self._rate_bound.requests_per_second(tokens) if self._rate_bound is not None else None
+        if rate is None or self._latency_s is None:
+            return float(self.maximum)
+        # Little's law: in flight = rate x latency; headroom for jitter, at least one.
+        return float(min(self.maximum, max(1.0, math.ceil(1.5 * rate * self._latency_s) + 1)))
+
+    def _wake(self) -> None:
+        free = int(self.limit) - self.in_flight
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.in_flight += 1  # the slot is the waiter's from now on
+                free -= 1
 
 
 def retry_delay(attempt: int, retry_after: float | None, base: float = 0.5, cap: float = 30.0) -> float:

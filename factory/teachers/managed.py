@@ -22,7 +22,16 @@ from factory.teachers.base import Generation, Teacher, TeacherIdentity, TeacherR
 from factory.teachers.cache import ResponseCache, generation_from_payload
 from factory.teachers.config import Budget, Prices
 from factory.teachers.errors import RequestRejectedError, RetryableError
-from factory.teachers.limits import BudgetTracker, RateLimiter, completion_token_bound, prompt_token_bound, retry_delay
+from factory.teachers.limits import (
+    BudgetTracker,
+    ConcurrencyLimit,
+    RateLimiter,
+    completion_token_bound,
+    prompt_token_bound,
+    retry_delay,
+)
+
+AUTO_INITIAL_CONCURRENCY = 4  # where `concurrency: auto` starts (and batched backends' chunk)
 
 
 @dataclass
@@ -31,6 +40,7 @@ class TeacherStats:
     cache_hits: int = 0
     failed: int = 0  # requests that ended with `error` after their retries
     retries: int = 0
+    congested: int = 0  # attempts the server pushed back on (429, 503, timeouts)
     not_issued: int = 0  # requests the budget stopped
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -51,7 +61,8 @@ class ManagedTeacher(Teacher):
         self,
         identity: TeacherIdentity,
         *,
-        concurrency: int = 16,
+        concurrency: int | str = 16,
+        max_concurrency: int = 256,
         rpm: int | None = None,
         tpm: int | None = None,
         max_retries: int = 5,
@@ -62,7 +73,8 @@ class ManagedTeacher(Teacher):
         show_progress: bool = False,
     ):
         self.identity = identity
-        self.concurrency = concurrency
+        adaptive = concurrency == "auto"
+        self.concurrency = AUTO_INITIAL_CONCURRENCY if adaptive else int(concurrency)
         self.max_retries = max_retries
         self.timeout_s = timeout_s
         self.cache = cache
@@ -70,7 +82,9 @@ class ManagedTeacher(Teacher):
         self.stats = TeacherStats()
         self.budget = BudgetTracker(budget, prices)
         self._limiter = RateLimiter(rpm, tpm)
-        self._semaphores: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self.slots = ConcurrencyLimit(
+            self.concurrency, adaptive=adaptive, maximum=max_concurrency, rate_bound=self._limiter
+        )
 
     # -- backend hooks ----------------------------------------------------------------
     async def _generate_one(self, request: TeacherRequest) -> Generation:
@@ -129,7 +143,6 @@ class ManagedTeacher(Teacher):
         return Generation(request=request, teacher=self.identity, error=message)
 
     async def _run_concurrent(self, requests, keys, pending, results, progress) -> None:
-        semaphore = self._semaphore()
         answered = [len(requests) - len(pending)]
 
         async def answer(index: int) -> None:
@@ -141,8 +154,11 @@ class ManagedTeacher(Teacher):
                 return
             generation, billed = None, (0, 0)
             try:
-                async with semaphore:
+                await self.slots.acquire()
+                try:
                     generation, billed = await self._with_retries(request)
+                finally:
+                    self.slots.release()
             finally:
                 if generation is not None:
                     billed = (generation.usage.prompt_tokens, generation.usage.completion_tokens)
@@ -161,19 +177,28 @@ class ManagedTeacher(Teacher):
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _with_retries(self, request: TeacherRequest) -> tuple[Generation, tuple[int, int]]:
-        """One answer for `request`; returns it and the tokens to bill for it."""
+        """One answer for `request`; returns it and the tokens to bill for it. Every
+        attempt's outcome adapts `concurrency: auto`."""
         maybe_billed = (0, 0)
         estimate = prompt_token_bound(request) + completion_token_bound(request)
         for attempt in range(self.max_retries + 1):
-            await self._limiter.acquire(estimate)
-            self.stats.requests_sent += 1
+            answered = congested = False
+            sent_at = self.slots.now()
             try:
-                return await asyncio.wait_for(self._generate_one(request), self.timeout_s), (0, 0)
+                await self._limiter.acquire(estimate)
+                sent_at = self.slots.now()
+                self.stats.requests_sent += 1
+                generation = await asyncio.wait_for(self._generate_one(request), self.timeout_s)
+                answered = True
+                return generation, (0, 0)
             except RequestRejectedError as error:
                 return self._failed(request, f"rejected: {error}"), maybe_billed
-            except (RetryableError, asyncio.TimeoutError) as error:
+            except (RetryableError, asyncio.TimeoutError) as caught:
+                error = caught
                 if isinstance(error, asyncio.TimeoutError):
-                    error = RetryableError(f"timed out after {self.timeout_s:g} s", maybe_billed=True)
+                    error = RetryableError(f"timed out after {self.timeout_s:g} s", maybe_billed=True, congestion=True)
+                congested = error.congestion
+                self.stats.congested += congested
                 if error.maybe_billed:
                     # The server may have done (and billed) the work: count the worst case
                     # so the budget stays a hard cap.
@@ -183,11 +208,13 @@ class ManagedTeacher(Teacher):
                     )
                 if error.retry_after is not None:
                     self._limiter.pause_until(time.monotonic() + error.retry_after)
-                if attempt == self.max_retries:
-                    message = f"failed after {attempt + 1} attempt(s): {error}"
-                    return self._failed(request, message), maybe_billed
-                self.stats.retries += 1
-                await asyncio.sleep(retry_delay(attempt, error.retry_after))
+            finally:
+                self.slots.observe(sent_at, congested=congested, answered=answered, tokens=estimate)
+            if attempt == self.max_retries:
+                message = f"failed after {attempt + 1} attempt(s): {error}"
+                return self._failed(request, message), maybe_billed
+            self.stats.retries += 1
+            await asyncio.sleep(retry_delay(attempt, error.retry_after))
         raise AssertionError("unreachable")
 
     async def _run_batched(self, requests, keys, pending, results, progress) -> None:
@@ -218,12 +245,6 @@ class ManagedTeacher(Teacher):
                 answered += generation.ok
                 results[index] = generation
             progress.advance(len(chunk))
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if loop not in self._semaphores:
-            self._semaphores = {loop: asyncio.Semaphore(self.concurrency)}
-        return self._semaphores[loop]
 
     async def close(self) -> None:
         if self.cache is not None:

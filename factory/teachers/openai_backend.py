@@ -10,11 +10,14 @@ variable the config names and is held only by the HTTP client.
 from __future__ import annotations
 
 import email.utils
+import itertools
+import math
 import os
 import time
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import openai
 
 from factory.teachers.base import Generation, Sample, TeacherIdentity, TeacherRequest, Usage
@@ -34,6 +37,7 @@ from factory.teachers.token_ids import TokenBytesIndex, parse_token_id
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _MAX_RETRY_AFTER_S = 600.0
+CONNECTIONS_PER_CLIENT = 16  # connections per HTTP client (see OpenAITeacher.__init__)
 
 
 def read_api_key(config: OpenAITeacherConfig) -> str:
@@ -97,15 +101,46 @@ class OpenAITeacher(ManagedTeacher):
         super().__init__(identity, **machinery)
         # Another endpoint, or ids/logprobs switched on, must not be served old answers.
         self.cache_salt = f"{self.base_url}|ids={config.return_token_ids}|logprobs={config.logprobs}"
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=read_api_key(config),
-            max_retries=0,  # retries are ours: budget- and Retry-After-aware
-            timeout=config.timeout_s + 5.0,  # the machinery's own timeout fires first
-        )
+        # httpx's pool scans every connection it holds for each request; with hundreds in
+        # flight that scan is most of the client's CPU. So connections are spread over
+        # small clients (CONNECTIONS_PER_CLIENT each) that requests take in turn.
+        api_key = read_api_key(config)
+        shards = max(1, math.ceil(self.slots.maximum / CONNECTIONS_PER_CLIENT))
+        self._clients = [self._new_client(api_key, config.timeout_s) for _ in range(shards)]
+        self._client = self._clients[0]
+        self._next_client = itertools.cycle(self._clients).__next__
         self._connected = False
 
+    def _new_client(self, api_key: str, timeout_s: float) -> openai.AsyncOpenAI:
+        limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT, max_keepalive_connections=CONNECTIONS_PER_CLIENT)
+        return openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key,
+            max_retries=0,  # retries are ours: budget- and Retry-After-aware
+            timeout=timeout_s + 5.0,  # the machinery's own timeout fires first
+            http_client=openai.DefaultAsyncHttpxClient(limits=limits),
+        )
+
     async def _generate_one(self, request: TeacherRequest) -> Generation:
+        params = self._body(request)
+        try:
+            # `post` in wire format both ways: `chat.completions.create` walks the body
+            # through the SDK's typed-params transform and builds pydantic models of the
+            # answer, ~2 ms of CPU per request, which caps throughput at high concurrency
+            # on a small machine. The answer stays the plain JSON dict.
+            response = await self._next_client().post("/chat/completions", body=params, cast_to=object)
+        except Exception as error:  # noqa: BLE001 - every failure is classified below
+            raise self._classify(error) from error
+        self._connected = True
+        if not isinstance(response, dict) or not response.get("choices"):
+            raise RetryableError("server answered without choices", maybe_billed=True)
+        try:
+            return self._to_generation(request, response)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise RetryableError(f"malformed answer ({type(error).__name__}: {error})", maybe_billed=True) from error
+
+    def _body(self, request: TeacherRequest) -> dict[str, Any]:
+        """The chat-completions request body (online, and each line of a batch file)."""
         params: dict[str, Any] = {
             "model": self.config.model,
             "messages": request.openai_messages(),
@@ -128,26 +163,13 @@ class OpenAITeacher(ManagedTeacher):
                 params["top_logprobs"] = request.top_logprobs
         if self.config.return_token_ids:
             params["return_tokens_as_token_ids"] = True  # vLLM's extension
-        try:
-            # `post` in wire format both ways: `chat.completions.create` walks the body
-            # through the SDK's typed-params transform and builds pydantic models of the
-            # answer, ~2 ms of CPU per request, which caps throughput at high concurrency
-            # on a small machine. The answer stays the plain JSON dict.
-            response = await self._client.post("/chat/completions", body=params, cast_to=object)
-        except Exception as error:  # noqa: BLE001 - every failure is classified below
-            raise self._classify(error) from error
-        self._connected = True
-        if not isinstance(response, dict) or not response.get("choices"):
-            raise RetryableError("server answered without choices", maybe_billed=True)
-        try:
-            return self._to_generation(request, response)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise RetryableError(f"malformed answer ({type(error).__name__}: {error})", maybe_billed=True) from error
+        return params
 
     def _classify(self, error: Exception) -> Exception:
         where = f"{self.base_url} (model {self.config.model!r})"
         if isinstance(error, openai.RateLimitError):
-            return RetryableError("429 rate limited", retry_after=retry_after_seconds(error.response.headers))
+            retry_after = retry_after_seconds(error.response.headers)
+            return RetryableError("429 rate limited", retry_after=retry_after, congestion=True)
         if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
             return TeacherError(f"{where} rejected the API key from ${self.config.api_key_env} ({error.status_code})")
         if isinstance(error, openai.NotFoundError):
@@ -157,10 +179,12 @@ class OpenAITeacher(ManagedTeacher):
         if isinstance(error, openai.APIStatusError):
             if error.status_code >= 500 or error.status_code in (408, 409):
                 retry_after = retry_after_seconds(error.response.headers)
-                return RetryableError(f"{error.status_code} from server", retry_after=retry_after)
+                return RetryableError(
+                    f"{error.status_code} from server", retry_after=retry_after, congestion=error.status_code == 503
+                )
             return RequestRejectedError(f"{error.status_code} from {where}: {_server_message(error)}")
         if isinstance(error, openai.APITimeoutError):
-            return RetryableError("request timed out", maybe_billed=True)
+            return RetryableError("request timed out", maybe_billed=True, congestion=True)
         if isinstance(error, openai.APIConnectionError) and _is_connect_failure(error) and not self._connected:
             return ServerUnreachableError(f"cannot reach the teacher server at {self.base_url}: connection failed")
         # Broken connection mid-answer, truncated or malformed body: worth another try.
@@ -215,7 +239,8 @@ class OpenAITeacher(ManagedTeacher):
         return sample, "tokenizer" if sample.token_ids else None
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
         await super().close()
 
 
