@@ -53,7 +53,7 @@ from benchmarks.lab.task import MAX_LEVEL, make_problems  # noqa: E402
 from benchmarks.lab.teacher import TeacherSettings, cached_teacher  # noqa: E402
 from curation.store import DatasetStore  # noqa: E402
 
-console = Console()
+console = Console(width=150)  # the table stays readable in logs (no terminal width there)
 # The question universe, fixed: scoring questions first, then the pipeline's seed questions
 # (disjoint from them); the teacher never trains on either. Smaller sizes take prefixes.
 EVAL_POOL, SEED_POOL = 1000, 2000
