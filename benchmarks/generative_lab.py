@@ -69,7 +69,7 @@ class LabSize:
 
 
 SIZES = {
-    "full": LabSize(seeds=1000, eval=600, student_steps=300, student_seeds=3),
+    "full": LabSize(seeds=2000, eval=600, student_steps=400, student_seeds=3),
     "quick": LabSize(seeds=300, eval=300, student_steps=150, student_seeds=1),
     # the test's end-to-end run: a briefly trained teacher, a handful of student steps
     "smoke": LabSize(
