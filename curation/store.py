@@ -36,7 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from curation.funnel import Funnel, funnel_from_frame, funnel_table_rows
 from factory.atomic import fsync_path
-from factory.errors import StillhouseError, name_os_error
+from factory.errors import MACHINE_FAULT_ERRNOS, StillhouseError, name_os_error
 from factory.schema import SCHEMA_VERSION, conform, with_label_metadata
 from factory.secrets import redact_secrets
 from factory.storage import as_location, filesystem, is_local, join
@@ -247,6 +247,9 @@ class DatasetStore:
         except (StillhouseError, FileNotFoundError):
             raise
         except OSError as exc:
+            if self.local and exc.errno in MACHINE_FAULT_ERRNOS:
+                name_os_error(exc, self._base)
+                raise  # the CLI names the path and what to do about the machine
             raise StoreError(f"{what} in {self.root}: {exc}") from None
         except Exception as exc:
             if self.local:
@@ -402,6 +405,7 @@ class DatasetStore:
         description: str = "",
         extra_files: dict[str, bytes] | None = None,
         key: str | None = None,
+        teacher: dict[str, int] | None = None,
     ) -> DatasetVersion:
         """Publish a curated frame as the next version of `name`.
 
@@ -409,7 +413,9 @@ class DatasetStore:
         `funnel` defaults to one derived from the drop columns. `config` is stored with
         secrets redacted. `key` makes the publish idempotent: when a version of `name`
         was already published with the same key (checked under the lock), that version is
-        returned and nothing new is written. Returns the new, verified version.
+        returned and nothing new is written. `teacher`: the requests the steps behind this
+        data left unanswered (failed, not issued) and kept samples without token ids, shown
+        on the card. Returns the new, verified version.
         """
         if not NAME_PATTERN.match(name):
             raise StoreError(f"invalid dataset name '{name}' (letters, digits, '.', '_', '-'; no '@' or '/')")
@@ -417,6 +423,15 @@ class DatasetStore:
             parent = self.resolve(parent, verify=False).ref  # canonical name@vN, and it must exist
         table = with_label_metadata(conform(frame), label_set)  # trainers see the label order in the files
         whole = pl.from_arrow(table)
+        if label_set:  # a version readers would refuse is never written
+            unknown = whole.with_row_index("_row").filter(
+                pl.col("label").is_not_null() & ~pl.col("label").is_in(list(label_set))
+            )
+            if unknown.height:
+                row, label = unknown["_row"][0], unknown["label"][0]
+                raise StoreError(
+                    f"cannot publish '{name}': row {row} has label '{label}', which is not in the label_set"
+                )
         kept_mask = table.column("drop_stage").is_null()
         kept, rejected = table.filter(kept_mask), table.filter(pa.compute.invert(kept_mask))
         funnel = funnel if funnel is not None else funnel_from_frame(whole)
@@ -431,6 +446,7 @@ class DatasetStore:
             "rows": {"kept": kept.num_rows, "rejected": rejected.num_rows, "total": table.num_rows},
             "funnel": funnel,
             "label_set": label_set,
+            "teacher": teacher,
             "columns": {field.name: str(field.type) for field in table.schema},
         }
         parts = {DATA_FILE: kept, REJECTED_FILE: rejected}
@@ -590,6 +606,13 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         f"- rows: {rows['kept']} kept, {rows['rejected']} rejected ({rows['total']} total)",
         f"- stillhouse {code['stillhouse']} (commit {code['git_commit'] or 'unknown'})",
     ]
+    teacher = manifest.get("teacher")
+    if teacher:
+        lines.append(
+            f"- teacher: {teacher['failed_requests']} requests failed and {teacher['not_issued_requests']} were not "
+            f"issued (their rows are rejected as teacher_error / not_issued); "
+            f"{teacher['kept_samples_without_token_ids']} kept samples without token ids"
+        )
     if manifest.get("label_set"):
         lines.append(f"- label set ({len(manifest['label_set'])}): {', '.join(manifest['label_set'])}")
     lines += ["", "## Funnel", "", "| stage | rows in | dropped | rows out |", "|---|---|---|---|"]

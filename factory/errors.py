@@ -6,6 +6,8 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class StillhouseError(Exception):
     """Base class: a problem with the user's input, files or environment."""
@@ -17,6 +19,11 @@ class SchemaError(StillhouseError):
 
 class ConfigError(StillhouseError):
     """A config file is malformed or has unknown/invalid keys (names file and line)."""
+
+
+# errnos that are the machine's state (full disk, read-only mount, permissions), not a bug:
+# they travel up as OSError so the CLI can say what to do (stillhouse/errors.py).
+MACHINE_FAULT_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
 
 
 def name_os_error(error: BaseException, path: object) -> None:

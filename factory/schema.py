@@ -26,6 +26,7 @@ SAMPLE_TYPE = pa.struct(
         ("logprobs", pa.list_(pa.float32())),  # logprob of each sampled token
         ("top_ids", pa.list_(pa.list_(pa.int32()))),  # top-k ids per position
         ("top_logprobs", pa.list_(pa.list_(pa.float32()))),  # top-k logprobs per position
+        ("ids_missing", pa.bool_()),  # true: text without token ids (the server sent none we could map)
     ]
 )
 

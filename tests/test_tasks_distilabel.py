@@ -63,3 +63,37 @@ def test_bad_task_paths_and_missing_inputs():
     task = build_task(DistilabelConfig(type="distilabel", task="distilabel.steps.tasks.UltraFeedback"))
     with pytest.raises(SchemaError, match="input 'generations' needs column 'generations'"):
         asyncio.run(task.run(frame(), ScriptedTeacher(lambda request: "")))
+
+
+def test_distilabel_leaves_no_traceback_hook_and_no_warnings(tmp_path):
+    """distilabel installs rich's traceback with locals on import; after our import an error
+    prints Python's own short traceback, and nothing else reaches stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "hook = sys.excepthook\n"
+        "from factory.tasks.distilabel_task import load_distilabel_task\n"
+        "from factory.tasks.evol_instruct import mutation_templates\n"
+        "load_distilabel_task('distilabel.steps.tasks.TextGeneration', {})\n"
+        "mutation_templates()\n"
+        "assert sys.excepthook is hook, sys.excepthook\n"
+        "def deep(n, payload='x' * 500):\n"
+        "    return deep(n - 1) if n else 1 / 0\n"
+        "deep(5)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(repo)},
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("Traceback (most recent call last):"), done.stderr[:2000]
+    assert done.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert len(done.stderr.splitlines()) < 30 and "payload" not in done.stderr  # no locals dumped

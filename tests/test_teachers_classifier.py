@@ -91,3 +91,41 @@ def test_missing_classifier_directory_is_one_clear_error(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(ModelNotFoundError, match="has no head.safetensors"):
         build_teacher(ClassifierTeacherConfig(model=str(tmp_path / "half"), kind="encoder_head"))
+
+
+@pytest.mark.slow
+def test_full_finetune_saves_its_own_encoder_and_the_backend_uses_it(tmp_path):
+    from safetensors.torch import load_file
+
+    texts = [text for label in TEXTS for text in TEXTS[label]]
+    labels = [label for label in TEXTS for _ in TEXTS[label]]
+    out = train_encoder_head(texts, labels, tmp_path / "full", epochs=30, finetune="full", encoder_epochs=2)
+    meta = json.loads((out / "encoder_head.json").read_text())
+    assert meta["finetune"] == "full" and meta["encoder"] == "encoder" and len(meta["encoder_epochs"]) == 3
+    assert (out / "encoder").is_dir()
+
+    moved = tmp_path / "moved"
+    out.rename(moved)  # the encoder is referenced inside the directory: the teacher moves whole
+    queries = ["my card got declined at the till", "I can't remember my PIN", "where is the money I sent?"]
+    generations = run(build_teacher(ClassifierTeacherConfig(model=str(moved), kind="encoder_head", device="cpu")),
+                      [TeacherRequest.chat(q, system=TASK) for q in queries])  # fmt: skip
+    encoder = load_encoder(moved / "encoder")
+    head = load_file(str(moved / "head.safetensors"))
+    direct = torch.softmax(encoder.encode(queries, convert_to_tensor=True, normalize_embeddings=True)
+                           @ head["weight"].T + head["bias"], dim=-1)  # fmt: skip
+    assert torch.allclose(torch.tensor([g.class_probs for g in generations]), direct, atol=1e-5)
+    from factory.teachers.classifier import default_encoder_path
+
+    original = load_encoder(default_encoder_path())
+    changed = [
+        not torch.equal(a, b) for a, b in zip(encoder[0].auto_model.parameters(), original[0].auto_model.parameters())
+    ]
+    assert any(changed)  # end to end: the encoder's own weights moved
+
+
+def test_finetune_auto_picks_full_only_with_enough_examples():
+    from factory.teachers.classifier import FULL_FINETUNE_MIN_EXAMPLES, resolve_finetune
+
+    assert resolve_finetune("auto", FULL_FINETUNE_MIN_EXAMPLES - 1) == "head"
+    assert resolve_finetune("auto", FULL_FINETUNE_MIN_EXAMPLES) == "full"
+    assert resolve_finetune("head", 10**6) == "head" and resolve_finetune("full", 10) == "full"

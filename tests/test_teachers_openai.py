@@ -207,10 +207,11 @@ def test_unknown_model_is_named(tmp_path):
     assert "\n" not in str(error.value)
 
 
-def test_token_ids_from_the_server(tmp_path):
+def test_token_ids_from_the_server(tmp_path, tiny_llama):
     request = TeacherRequest.chat("ids please", top_logprobs=2, max_tokens=12)
     with FakeOpenAIServer() as server:
-        [generation] = run(build_teacher(config(server, return_token_ids=True), cache_dir=None), [request])
+        cfg = config(server, return_token_ids=True, tokenizer=str(tiny_llama))
+        [generation] = run(build_teacher(cfg, cache_dir=None), [request])
     indices = [i % len(server.vocab) for i in expected_token_indices(request.openai_messages(), 0, 12)]
     sample = generation.samples[0]
     assert generation.token_ids_source == "server"
@@ -281,3 +282,70 @@ def test_config_rejects_unknown_keys_and_dispatches_on_backend():
         adapter.validate_python({"backend": "openai", "model": "m", "budget": {"max_usd": 5}})
     with pytest.raises(ValidationError):
         adapter.validate_python({"backend": "mystery", "model": "m"})
+
+
+def test_a_vllm_server_is_asked_for_ids_and_its_own_tokenizer_is_hashed(tiny_llama):
+    from factory.teachers.local_models import load_tokenizer
+    from factory.teachers.tokenizers import tokenizer_hash
+
+    request = TeacherRequest.chat("ids by default", n=2, top_logprobs=3, max_tokens=12)
+    with FakeOpenAIServer(owned_by="vllm", root=str(tiny_llama)) as server:
+        [generation] = run(build_teacher(config(server), cache_dir=None), [request])  # no extra keys
+    [body] = server.bodies
+    assert body["return_tokens_as_token_ids"] is True
+    assert body["top_logprobs"] == 4  # vLLM lists the sampled token first: one more keeps the true top-3
+    assert generation.token_ids_source == "server"
+    assert generation.teacher.tokenizer == str(tiny_llama)
+    assert generation.teacher.tokenizer_hash == tokenizer_hash(load_tokenizer(tiny_llama))
+    for choice, sample in enumerate(generation.samples):
+        indices = [i % len(server.vocab) for i in expected_token_indices(request.openai_messages(), choice, 12)]
+        assert sample.token_ids == indices and not sample.ids_missing
+        assert all(len(top) == 3 and top == sorted(top, reverse=True) for top in sample.top_logprobs)
+        assert [ids[0] for ids in sample.top_ids] == indices
+
+
+def test_server_ids_without_a_tokenizer_here_are_refused_before_the_first_request(tmp_path):
+    with FakeOpenAIServer(owned_by="vllm", root="/models/not-on-this-machine") as server:
+        teacher = build_teacher(config(server), cache_dir=tmp_path)
+        with pytest.raises(TeacherError) as error:
+            run(teacher, [TeacherRequest.chat("hi", top_logprobs=2)])
+    message = str(error.value)
+    assert "set teacher.tokenizer" in message and "/models/not-on-this-machine" in message and "\n" not in message
+    assert server.counts["requests"] == 0
+
+
+def test_samples_whose_ids_cannot_be_had_are_marked_and_counted(tiny_llama):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    specials = set(tokenizer.all_special_ids)
+    known = [tokenizer.decode([i]) for i in range(len(tokenizer)) if i not in specials][:40]
+    known = [token for token in known if "\ufffd" not in token]
+    # vLLM's quirk without ids: a single byte that is not complete UTF-8 comes back as '' with bytes [].
+    vocab = [*known[:15], ""]
+    requests = [TeacherRequest.chat(f"mark me {i}", top_logprobs=2, max_tokens=8) for i in range(12)]
+    with FakeOpenAIServer(vocab=vocab) as server:
+        with_tokenizer = build_teacher(config(server, tokenizer=str(tiny_llama)), cache_dir=None)
+        recovered = run(with_tokenizer, requests)
+        without = build_teacher(config(server), cache_dir=None)
+        plain = run(without, requests)
+    for generation in recovered:
+        [sample] = generation.samples
+        has_gap = any(i % len(vocab) == 15 for i in expected_token_indices(generation.request.openai_messages(), 0, 8))
+        assert sample.ids_missing == has_gap
+        assert sample.token_ids == [] if has_gap else len(sample.token_ids) == len(sample.logprobs)
+        assert len(sample.top_logprobs) == len(sample.logprobs)  # logprobs are kept either way (entropy)
+    gaps = sum(g.samples[0].ids_missing for g in recovered)
+    assert 0 < gaps < len(requests) and with_tokenizer.stats.ids_missing == gaps
+    assert all(g.samples[0].ids_missing and not g.samples[0].token_ids for g in plain)
+    assert without.stats.ids_missing == len(requests)
+
+
+def test_the_servers_own_status_is_named_when_the_connection_fails_later():
+    with FakeOpenAIServer(script=["500_and_die"]) as server:
+        teacher = build_teacher(config(server, max_retries=2, concurrency=1), cache_dir=None)
+        [generation] = run(teacher, [TeacherRequest.chat("hello")])
+    assert not generation.ok
+    assert generation.error.startswith("failed after 3 attempt(s): 500 from server; ")
+    assert "Connection error" in generation.error and "(2x)" in generation.error
+    assert teacher.last_error == generation.error and "\n" not in generation.error

@@ -1,4 +1,5 @@
-"""The vLLM backend on the real engine (CPU build), and its parity with transformers."""
+"""The vLLM backend on the real engine (CPU build), its parity with transformers, and the OpenAI
+backend against vLLM's real OpenAI server (ids, true top-k and the tokenizer hash by default)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ import os
 
 import pytest
 import torch
+from fixtures.teacher_calls import generate_and_close
 
-from factory.teachers import TeacherRequest, TransformersTeacherConfig, VLLMTeacherConfig, build_teacher
+from factory.teachers import (
+    OpenAITeacherConfig,
+    TeacherRequest,
+    TransformersTeacherConfig,
+    VLLMTeacherConfig,
+    build_teacher,
+)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -83,3 +91,38 @@ print("ok", len(generation.samples[0].token_ids))
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ok 4" in done.stdout
+
+
+def test_vllm_server_gives_ids_true_top_k_and_the_tokenizer_hash_with_no_extra_keys(vllm_server, tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factory.teachers.local_models import chat_prompt_ids
+    from factory.teachers.tokenizers import tokenizer_hash
+
+    config = OpenAITeacherConfig(model=vllm_server.model, base_url=vllm_server.url, timeout_s=300, max_retries=1)
+    requests = [
+        TeacherRequest.chat(prompt, n=2, temperature=1.0, max_tokens=12, top_logprobs=4, seed=index)
+        for index, prompt in enumerate(PROMPTS)
+    ]
+    generations = generate_and_close(build_teacher(config), requests)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    for generation in generations:
+        assert generation.ok, generation.error
+        assert generation.token_ids_source == "server"
+        assert generation.teacher.tokenizer_hash == tokenizer_hash(tokenizer)
+        prompt = chat_prompt_ids(tokenizer, generation.request)
+        assert generation.usage.prompt_tokens == len(prompt)
+        for sample in generation.samples:
+            assert not sample.ids_missing and len(sample.token_ids) == len(sample.logprobs) == 12
+            # Teacher-forced on what the server sampled, the same weights give the same logprobs
+            # and the true top-4 at every position (vLLM's server lists the sampled token first;
+            # the backend asks for one more and keeps the best four).
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + sample.token_ids])).logits[0].float()
+            logprobs = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+            sampled = logprobs.gather(1, torch.tensor(sample.token_ids)[:, None])[:, 0]
+            assert torch.allclose(sampled, torch.tensor(sample.logprobs), atol=1e-3)
+            top = logprobs.topk(4, dim=-1)
+            assert sample.top_ids == top.indices.tolist()
+            assert torch.allclose(torch.tensor(sample.top_logprobs), top.values, atol=1e-3)

@@ -169,9 +169,10 @@ def test_unknown_label_is_refused_naming_the_row(tmp_path):
             "label": ["card_lost", "weather"],
         }
     )
-    DatasetStore(root).publish("tickets", frame, label_set=LABELS)
-    with pytest.raises(StillhouseError, match="row 1 .*'weather' is not in the label_set"):
-        train(small_config(root, tmp_path / "run", alpha=0.0))
+    # Refused when published: a version its readers (the trainer first) would refuse is never written.
+    with pytest.raises(StillhouseError, match="row 1 has label 'weather', which is not in the label_set"):
+        DatasetStore(root).publish("tickets", frame, label_set=LABELS)
+    assert not root.exists() or not DatasetStore(root).names()
 
 
 def test_ece_matches_hand_computed_example():
@@ -241,3 +242,64 @@ def test_calibration_rows_hold_out_whole_lineages_and_skip_derived_rows():
     held = {frame["id"][i] for i in calibration}
     assert not any(frame["parent_id"][i] in held or frame["id"][i] in held for i in training)
     assert len(training) == 24 * 3
+
+
+def test_macro_f1_counts_classes_predicted_but_absent_from_the_test_set():
+    from sklearn.metrics import f1_score
+
+    from trainer.evaluation import macro_f1
+
+    true = ["a", "a", "b", "b", "b", "d"]
+    predicted = ["a", "c", "b", "b", "c", "d"]  # "c" is never a true label
+    # by hand: a P=1 R=1/2 F=2/3; b P=1 R=2/3 F=4/5; c P=0 F=0; d F=1
+    by_hand = (2 / 3 + 4 / 5 + 0 + 1) / 4
+    assert macro_f1(true, predicted) == pytest.approx(by_hand)
+    assert macro_f1(true, predicted) == pytest.approx(f1_score(true, predicted, average="macro"))
+    # over the test set's labels only, "c" would be ignored and the score flattered
+    assert macro_f1(true, predicted) < f1_score(true, predicted, labels=["a", "b", "d"], average="macro")
+
+
+def test_ece_is_reported_raw_and_at_the_calibration_temperature(tmp_path, test_file):
+    from trainer.evaluation import read_test_file, score, softmax
+
+    root = tmp_path / "store"
+    publish_tickets(root)
+    result = train(small_config(root, tmp_path / "run"))
+    model = BagClassifier.from_pretrained(result.model_dir)
+    model.temperature = 3.0  # a deliberately soft calibration, so raw and calibrated differ
+    test = read_test_file(test_file)
+    scores = score(model, test)
+    logits = model.logits(test.texts)
+    correct = np.array([model.labels[i] == t for i, t in zip(logits.argmax(1), test.labels)])
+    assert scores["ece_raw"] == pytest.approx(expected_calibration_error(softmax(logits).max(1), correct))
+    assert scores["ece"] == pytest.approx(expected_calibration_error(softmax(logits, 3.0).max(1), correct))
+    assert scores["ece"] != pytest.approx(scores["ece_raw"]) and scores["temperature"] == 3.0
+
+    report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
+    assert {"ece", "ece_raw", "calibration_temperature"} <= set(report["student"])
+    assert "ECE raw" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+
+@pytest.mark.slow
+def test_static_embedding_student_from_the_encoder(tmp_path, test_file):
+    from trainer.config import StaticEmbeddingStudent
+
+    root = tmp_path / "store"
+    publish_tickets(root)
+    config = small_config(root, tmp_path / "run", student=StaticEmbeddingStudent(dim=32, val_fraction=0.2), epochs=10)
+    result = train(config)
+    assert result.details["student_type"] == "static_embedding" and result.details["distilled_from"]
+    assert (result.model_dir / "tokenizer").is_dir() and (result.model_dir / "model.onnx").is_file()
+    report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
+    assert report["student"]["macro_f1"] > 0.9
+
+    model = BagClassifier.from_pretrained(result.model_dir)
+    texts = ["hello, my debit card is gone", "pin?", "words the training set never had: zebra quantum"]
+    np.testing.assert_allclose(
+        model.predict_proba(texts), BagClassifier.from_pretrained(result.model_dir).predict_proba(texts)
+    )
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(result.model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_probs,) = session.run(["probs"], {"ids": model.featurizer.batch(texts).numpy()})
+    np.testing.assert_allclose(onnx_probs, model.predict_proba(texts), atol=1e-5)

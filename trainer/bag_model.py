@@ -1,14 +1,18 @@
-"""A fastText-style text classifier: hashed word and character n-grams, averaged, one linear layer.
+"""Bag-of-embeddings text classifiers: ids -> averaged embeddings -> one linear layer.
 
-Much smaller and faster than a transformer teacher: a prediction is one hash per
-n-gram, one embedding lookup and one matrix-vector product. The featurizer is part
-of the saved model (its settings go in config.json), so a directory fully describes
-how text becomes ids; the ONNX export takes those ids and returns calibrated
-probabilities.
+Two featurizers turn text into ids: hashed word and character n-grams (fastText-style,
+embeddings learned from scratch), or the teacher encoder's own tokenizer, whose
+embeddings start from static vectors distilled from the teacher's encoder
+(trainer/static_student.py). Either way a prediction is one tokenisation, one
+embedding lookup and one matrix-vector product, far cheaper than a transformer. The
+featurizer is part of the saved model (its settings go in config.json, a tokenizer in
+tokenizer/), so a directory fully describes how text becomes ids; the ONNX export
+takes those ids and returns calibrated probabilities.
 
     <dir>/config.json      architecture, featurizer settings, calibration temperature
     <dir>/labels.json      class names in output order
     <dir>/model.safetensors weights
+    <dir>/tokenizer/       the tokenizer (static-embedding students only)
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +32,8 @@ from torch import nn
 from factory.errors import StillhouseError
 
 MODEL_TYPE = "stillhouse_hashed_bag"
+STATIC_MODEL_TYPE = "stillhouse_static_bag"
+MODEL_TYPES = (MODEL_TYPE, STATIC_MODEL_TYPE)
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
 
@@ -38,6 +45,17 @@ class Featurizer:
     word_ngrams: int = 2
     char_min: int = 3
     char_max: int = 5
+    kind = "hashed"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.buckets
+
+    def settings(self) -> dict:
+        return asdict(self)
+
+    def save(self, directory: Path) -> None:
+        """Nothing beyond config.json: the settings define the hashing."""
 
     def grams(self, text: str) -> list[str]:
         words = WORD.findall(text.lower())
@@ -53,6 +71,9 @@ class Featurizer:
     def ids(self, text: str) -> list[int]:
         ids = [xxhash.xxh32_intdigest(gram.encode("utf-8")) % (self.buckets - 1) + 1 for gram in self.grams(text)]
         return ids or [0]
+
+    def ids_list(self, texts: list[str]) -> list[list[int]]:
+        return [self.ids(text) for text in texts]
 
     def batch(self, texts: list[str]) -> torch.Tensor:
         """[B, L] int64, right-padded with 0."""
@@ -95,7 +116,7 @@ class CalibratedProbs(nn.Module):
 class BagClassifier:
     """Featurizer + BagNet + labels + calibration temperature; save/load as a directory."""
 
-    def __init__(self, featurizer: Featurizer, net: BagNet, labels: list[str], temperature: float = 1.0) -> None:
+    def __init__(self, featurizer: Any, net: BagNet, labels: list[str], temperature: float = 1.0) -> None:
         self.featurizer, self.net, self.labels, self.temperature = featurizer, net, list(labels), temperature
 
     @classmethod
@@ -103,22 +124,39 @@ class BagClassifier:
         featurizer = Featurizer(buckets, word_ngrams, char_ngrams[0], char_ngrams[1])
         return cls(featurizer, BagNet(buckets, dim, len(labels)), labels)
 
+    @classmethod
+    def from_static_embeddings(cls, labels: list[str], featurizer: Any, vectors: np.ndarray) -> BagClassifier:
+        """A student whose token embeddings start from `vectors` [vocab + 1, dim] (row 0: padding)."""
+        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels))
+        with torch.no_grad():
+            net.embedding.weight.copy_(torch.from_numpy(vectors))
+        return cls(featurizer, net, labels)
+
+    @property
+    def model_type(self) -> str:
+        return MODEL_TYPE if self.featurizer.kind == "hashed" else STATIC_MODEL_TYPE
+
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
     @torch.inference_mode()
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """Raw class logits [len(texts), labels] (before the calibration temperature)."""
         self.net.eval()
-        logits = self.net(self.featurizer.batch(texts))
+        return self.net(self.featurizer.batch(texts)).numpy()
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        logits = torch.from_numpy(self.logits(texts))
         return torch.softmax(logits / self.temperature, dim=-1).numpy()
 
     def save_pretrained(self, directory: Path | str) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {
-            "model_type": MODEL_TYPE,
-            "featurizer": asdict(self.featurizer),
+            "model_type": self.model_type,
+            "featurizer": self.featurizer.settings(),
+            "vocab_size": self.net.embedding.num_embeddings,
             "dim": self.net.embedding.embedding_dim,
             "n_labels": len(self.labels),
             "temperature": self.temperature,
@@ -126,6 +164,7 @@ class BagClassifier:
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (directory / "labels.json").write_text(json.dumps(self.labels, indent=2) + "\n", encoding="utf-8")
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(directory / "model.safetensors"))
+        self.featurizer.save(directory)
         return directory
 
     @classmethod
@@ -135,11 +174,16 @@ class BagClassifier:
         if not config_path.is_file():
             raise StillhouseError(f"{directory}: not a model directory (no config.json)")
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        if config.get("model_type") != MODEL_TYPE:
-            raise StillhouseError(f"{config_path}: model_type is {config.get('model_type')!r}, not {MODEL_TYPE!r}")
-        featurizer = Featurizer(**config["featurizer"])
+        if config.get("model_type") not in MODEL_TYPES:
+            raise StillhouseError(f"{config_path}: model_type {config.get('model_type')!r} is not one of {MODEL_TYPES}")
+        if config["model_type"] == STATIC_MODEL_TYPE:
+            from trainer.static_student import TokenFeaturizer
+
+            featurizer = TokenFeaturizer.load(directory, config["featurizer"])
+        else:
+            featurizer = Featurizer(**config["featurizer"])
         labels = json.loads((directory / "labels.json").read_text(encoding="utf-8"))
-        net = BagNet(featurizer.buckets, config["dim"], config["n_labels"])
+        net = BagNet(config.get("vocab_size", featurizer.vocab_size), config["dim"], config["n_labels"])
         net.load_state_dict(load_file(str(directory / "model.safetensors")))
         net.eval()
         return cls(featurizer, net, labels, float(config["temperature"]))

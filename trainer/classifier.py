@@ -1,4 +1,7 @@
-"""Classifier KD: a hashed-bag student learns the teacher's `label_probs` (and/or its hard labels).
+"""Classifier KD: a bag-of-embeddings student learns the teacher's `label_probs` (and/or its hard labels).
+
+Students: `static_embedding` (token vectors distilled from the teacher's own encoder,
+trainer/static_student.py) or `hashed_bag` (hashed n-grams learned from scratch).
 
 loss = alpha * KL(teacher_T || student_T) * T² + (1 - alpha) * CE(student, label);
 alpha = 0 is the hard-label baseline. After training, a calibration temperature is
@@ -19,8 +22,9 @@ import torch
 
 from curation.store import DatasetVersion
 from factory.errors import StillhouseError
+from factory.teachers.classifier import fit_temperature
 from trainer.bag_model import BagClassifier
-from trainer.config import HashedBagStudent, TrainConfig
+from trainer.config import HashedBagStudent, StaticEmbeddingStudent, TrainConfig
 from trainer.loop import LoopResult, epoch_order, run_loop, seed_everything
 from trainer.losses import classifier_kd_loss
 
@@ -69,20 +73,37 @@ def calibration_split(frame: pl.DataFrame, fraction: float, seed: int) -> tuple[
     return calibration, [i for i in range(frame.height) if not in_held[i]]
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature minimising held-out NLL, from a fixed log-spaced grid (deterministic)."""
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
-    nll = [float(torch.nn.functional.cross_entropy(logits / t, labels)) for t in grid]
-    return float(grid[int(np.argmin(nll))])
+def recorded_teacher(version: DatasetVersion) -> str | None:
+    """The `teacher.model` of the version's rows (the classifier teacher that labelled them), if recorded."""
+    import pyarrow.parquet as pq
+
+    if "teacher" not in pq.read_schema(version.data_path).names:
+        return None
+    models = version.read(columns=["teacher"], verify=False)["teacher"].struct.field("model").drop_nulls().unique()
+    return models[0] if len(models) == 1 else None
+
+
+def build_student(
+    student: HashedBagStudent | StaticEmbeddingStudent, labels: list[str], version: DatasetVersion
+) -> tuple[BagClassifier, str | None]:
+    """The untrained student and, for static embeddings, the encoder its vectors were distilled from."""
+    if isinstance(student, HashedBagStudent):
+        model = BagClassifier.create(labels, student.buckets, student.dim, student.word_ngrams, student.char_ngrams)
+        return model, None
+    from trainer.static_student import TokenFeaturizer, distill_token_embeddings, teacher_encoder_path
+
+    encoder = teacher_encoder_path(str(student.encoder) if student.encoder else recorded_teacher(version))
+    tokenizer, vectors = distill_token_embeddings(encoder, student.dim)
+    return BagClassifier.from_static_embeddings(labels, TokenFeaturizer(tokenizer), vectors), str(encoder)
 
 
 def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Path) -> tuple[LoopResult, dict]:
-    student: HashedBagStudent = config.student  # type: ignore[assignment]
+    student = config.student
     seed_everything(config.seed)
     labels, frame = classification_frame(version, needs_probs=config.alpha > 0)
-    model = BagClassifier.create(labels, student.buckets, student.dim, student.word_ngrams, student.char_ngrams)
+    model, distilled_from = build_student(student, labels, version)
 
-    features = [model.featurizer.ids(text) for text in frame["text"]]
+    features = model.featurizer.ids_list(frame["text"].to_list())
     hard = torch.tensor(frame["label_index"].to_numpy(), dtype=torch.long)
     soft = torch.tensor(np.stack(frame["label_probs"].to_numpy()), dtype=torch.float32) if config.alpha > 0 else None
 
@@ -124,16 +145,26 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
             description=f"classifier {'KD' if config.alpha > 0 else 'CE'}",
             max_grad_norm=0.0,
         )
+    held_out = {}
     if val_rows:
         with torch.inference_mode():
-            model.temperature = fit_temperature(model.net(ids_for(val_rows)), hard[val_rows])
+            val_logits = model.net(ids_for(val_rows))
+        model.temperature = fit_temperature(val_logits, hard[val_rows])
+        # how well the student follows the dataset's labels on rows it never saw (for choosing knobs)
+        held_out = {
+            "agreement": float((val_logits.argmax(-1) == hard[val_rows]).float().mean()),
+            "nll": float(torch.nn.functional.cross_entropy(val_logits / model.temperature, hard[val_rows])),
+        }
     model.save_pretrained(model_dir)
     model.export_onnx(model_dir / "model.onnx", check_texts=list(frame["text"].head(8)))
     details = {
         "labels": labels,
         "rows": {"train": len(train_rows), "calibration": len(val_rows)},
         "calibration_temperature": model.temperature,
+        "held_out": held_out,
         "num_parameters": model.num_parameters,
+        "student_type": student.type,
+        "distilled_from": distilled_from,
         "onnx": "model.onnx",
     }
     return result, details

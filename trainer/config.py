@@ -40,7 +40,24 @@ class HashedBagStudent(BaseModel):
     )
 
 
-StudentConfig = Annotated[Union[CausalLMStudent, HashedBagStudent], Field(discriminator="type")]
+class StaticEmbeddingStudent(BaseModel):
+    """Token embeddings distilled from the teacher's own encoder (Model2Vec-style), averaged, one linear layer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["static_embedding"] = "static_embedding"
+    encoder: Path | None = Field(
+        None,
+        description="Sentence encoder (or encoder_head teacher directory) to distill the token vectors from "
+        "[default: the encoder of the classifier teacher that labelled the dataset, else the offline MiniLM].",
+    )
+    dim: int = Field(256, ge=2, description="Embedding width (PCA of the encoder's token vectors).")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Rows held out to fit the calibration temperature (0: no calibration)."
+    )
+
+
+StudentConfig = Annotated[Union[CausalLMStudent, HashedBagStudent, StaticEmbeddingStudent], Field(discriminator="type")]
 
 
 class TrainConfig(BaseModel):
@@ -51,10 +68,11 @@ class TrainConfig(BaseModel):
     dataset: str = Field(description="Dataset ref: name, name@latest or name@vN.")
     store_root: Path | None = Field(None, description="Dataset store root [default: $STILLHOUSE_DATASETS].")
     objective: Literal["sft", "token_kd", "classifier_kd"] = "classifier_kd"
-    student: StudentConfig = Field(default_factory=HashedBagStudent)
+    # default: the student that measured best across tasks (benchmarks/distill_classifier.py, README)
+    student: StudentConfig = Field(default_factory=StaticEmbeddingStudent)
     output_dir: Path = Field(description="Where the trained model, checkpoints and provenance are written.")
 
-    lr: float | None = Field(None, gt=0, description="Peak learning rate [default: 0.2 hashed_bag, 1e-4 causal_lm].")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate [default: 0.2 classifiers, 1e-4 causal_lm].")
     weight_decay: float = Field(0.0, ge=0)
     epochs: float = Field(5, gt=0)
     batch_size: int = Field(32, ge=1)
@@ -75,7 +93,7 @@ class TrainConfig(BaseModel):
     def _objective_fits_student(self) -> TrainConfig:
         causal = self.student.type == "causal_lm"
         if causal and self.objective == "classifier_kd":
-            raise ValueError("objective 'classifier_kd' needs a classifier student (student.type: hashed_bag)")
+            raise ValueError("objective 'classifier_kd' needs a classifier student (static_embedding or hashed_bag)")
         if not causal and self.objective != "classifier_kd":
             raise ValueError(f"objective '{self.objective}' needs a causal LM student (student.type: causal_lm)")
         if self.lora and not causal:

@@ -1,7 +1,11 @@
 """Honest evaluation of a classifier student (and its teacher) on a human-labelled test set.
 
-Quality (macro-F1, their ratio, student/teacher agreement), calibration (expected
-calibration error over 15 equal-width confidence bins, with a reliability diagram),
+Quality (macro-F1 over the union of true and predicted labels, as sklearn computes it,
+so a class the model predicts but the test set lacks still costs precision; their
+ratio; student/teacher agreement), calibration (expected calibration error over 15
+equal-width confidence bins, with a reliability diagram) measured like for like: both
+models raw (T = 1) and both at the calibration temperature each one's training fitted
+on held-out training rows (`ece`, the probabilities each model ships with),
 and cost (single-example latency p50/p95 on this CPU after warm-up, parameter counts,
 dollars per million predictions at a given hourly machine price). Written as
 evaluation.json, evaluation.md and reliability.png in `out_dir`.
@@ -27,6 +31,9 @@ ECE_BINS = 15
 
 class Predictor(Protocol):
     labels: list[str]
+    temperature: float  # calibration temperature fitted on held-out training rows (1.0: none)
+
+    def logits(self, texts: list[str]) -> np.ndarray: ...
 
     def predict_proba(self, texts: list[str]) -> np.ndarray: ...
 
@@ -85,6 +92,17 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
     )
 
 
+def macro_f1(true: list[str], predicted: list[str]) -> float:
+    """Macro-F1 over the union of true and predicted labels (sklearn's default label set)."""
+    return float(f1_score(true, predicted, labels=sorted(set(true) | set(predicted)), average="macro", zero_division=0))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
 def latency_ms(predictor: Predictor, texts: list[str], n: int = 200, warmup: int = 20) -> dict[str, float]:
     """Single-example predict_proba wall time in milliseconds (p50, p95, mean) after warm-up."""
     for text in texts[:warmup]:
@@ -117,13 +135,13 @@ def model_directory(path: Path | str) -> Path:
 
 
 def load_predictor(directory: Path | str) -> Predictor:
-    """A Stillhouse student directory (config.json model_type stillhouse_hashed_bag) or a classifier teacher dir."""
-    from trainer.bag_model import MODEL_TYPE, BagClassifier
+    """A Stillhouse student directory (config.json model_type hashed or static bag) or a classifier teacher dir."""
+    from trainer.bag_model import MODEL_TYPES, BagClassifier
 
     directory = model_directory(directory)
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    if config.get("model_type") == MODEL_TYPE:
+    if config.get("model_type") in MODEL_TYPES:
         return BagClassifier.from_pretrained(directory)
     if (directory / "encoder_head.json").is_file() or any(
         name.endswith("ForSequenceClassification") for name in config.get("architectures") or []
@@ -136,21 +154,28 @@ def load_predictor(directory: Path | str) -> Predictor:
 
 
 class TeacherPredictor:
-    """A classifier teacher directory (hf or encoder_head) through factory.teachers, as a Predictor."""
+    """A classifier teacher directory (hf or encoder_head) through factory.teachers, as a Predictor.
 
-    def __init__(self, directory: Path, temperature: float = 1.0) -> None:
+    Its calibration temperature is the one `train_encoder_head` fitted on held-out training
+    rows (encoder_head.json `calibration_temperature`); 1.0 when there is none.
+    """
+
+    def __init__(self, directory: Path) -> None:
         from factory.teachers import ClassifierTeacherConfig, build_teacher
 
-        kind = "encoder_head" if (directory / "encoder_head.json").is_file() else "hf"
-        config = ClassifierTeacherConfig(model=str(directory), kind=kind, temperature=temperature, device="cpu")
+        meta_path = directory / "encoder_head.json"
+        kind = "encoder_head" if meta_path.is_file() else "hf"
+        config = ClassifierTeacherConfig(model=str(directory), kind=kind, device="cpu")
         self.teacher = build_teacher(config)  # no cache_dir: nothing is cached
         self.labels = list(self.teacher.labels)
-        self.temperature = temperature
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        self.temperature = float(meta.get("calibration_temperature") or 1.0)
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        return self.teacher.logits(texts).cpu().numpy()
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        return torch.softmax(self.teacher.logits(texts) / self.temperature, dim=-1).cpu().numpy()
+        return softmax(self.logits(texts), self.temperature)
 
     @property
     def num_parameters(self) -> int:
@@ -161,24 +186,27 @@ class TeacherPredictor:
         return sum(p.numel() for module in modules for p in module.parameters())
 
 
-def score(predictor: Predictor, test: TestSet, name: str = "model", batch_size: int = 64) -> dict[str, Any]:
+def score(predictor: Predictor, test: TestSet, name: str = "model", batch_size: int = 256) -> dict[str, Any]:
+    """Quality and calibration on the test set; `ece` at the model's calibration temperature, `ece_raw` at T = 1."""
     chunks = []
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=True) as progress:
         task = progress.add_task(f"scoring {name}", total=len(test.texts))
         for start in range(0, len(test.texts), batch_size):
-            chunks.append(predictor.predict_proba(test.texts[start : start + batch_size]))
+            chunks.append(predictor.logits(test.texts[start : start + batch_size]))
             progress.update(task, advance=len(chunks[-1]))
-    probs = np.concatenate(chunks)
-    predicted = [predictor.labels[i] for i in probs.argmax(axis=1)]
+    logits = np.concatenate(chunks).astype(np.float64)
+    predicted = [predictor.labels[i] for i in logits.argmax(axis=1)]  # temperature never changes the argmax
     correct = np.array([p == t for p, t in zip(predicted, test.labels)])
-    confidence = probs.max(axis=1)
+    confidence = softmax(logits, predictor.temperature).max(axis=1)
     return {
         "predicted": predicted,
         "confidence": confidence,
         "correct": correct,
-        "macro_f1": float(f1_score(test.labels, predicted, labels=sorted(set(test.labels)), average="macro")),
+        "macro_f1": macro_f1(test.labels, predicted),
         "accuracy": float(correct.mean()),
         "ece": expected_calibration_error(confidence, correct),
+        "ece_raw": expected_calibration_error(softmax(logits).max(axis=1), correct),
+        "temperature": float(predictor.temperature),
     }
 
 
@@ -267,6 +295,8 @@ def _evaluate(
             "macro_f1": scores[name]["macro_f1"],
             "accuracy": scores[name]["accuracy"],
             "ece": scores[name]["ece"],
+            "ece_raw": scores[name]["ece_raw"],
+            "calibration_temperature": scores[name]["temperature"],
             "latency_ms": latency,
             "parameters": num_parameters(model),
             "usd_per_million": hourly_usd / 3600 * latency["mean"] / 1000 * 1e6,
@@ -316,13 +346,15 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines.append(f"Trained on `{report['dataset']}` (manifest sha256 `{report['manifest_sha256'][:16]}…`).")
     lines += [
         "",
-        "| model | macro-F1 | accuracy | ECE (15 bins) | p50 ms | p95 ms | parameters | $ / 1M predictions |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | macro-F1 | accuracy | ECE calibrated (T) | ECE raw | p50 ms | p95 ms | parameters "
+        "| $ / 1M predictions |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         m = report[name]
         lines.append(
-            f"| {name} | {m['macro_f1']:.4f} | {m['accuracy']:.4f} | {m['ece']:.4f} | {m['latency_ms']['p50']:.2f} | "
+            f"| {name} | {m['macro_f1']:.4f} | {m['accuracy']:.4f} | {m['ece']:.4f} "
+            f"({m['calibration_temperature']:.2f}) | {m['ece_raw']:.4f} | {m['latency_ms']['p50']:.2f} | "
             f"{m['latency_ms']['p95']:.2f} | {_fmt(m['parameters'], ',')} | {m['usd_per_million']:.4f} |"
         )
     if "ratios" in report:
@@ -338,6 +370,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"| cost ratio | {r['cost']:.4f} |",
         ]
     lines += [
+        "",
+        "Macro-F1 is taken over the union of true and predicted labels. ECE calibrated: each model at the "
+        "temperature its training fitted on held-out training rows; ECE raw: both at T = 1.",
         "",
         f"Latency: one example per call, after warm-up, on this CPU. Cost: ${report['hourly_usd']}/hour for one "
         "worker serving predictions one after another at the mean latency.",

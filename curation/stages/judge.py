@@ -86,9 +86,9 @@ class _PromptOnlyLLM:
 
     @staticmethod
     def build() -> Any:
-        from distilabel.models.llms.base import LLM
+        from factory.tasks.distilabel_task import import_distilabel
 
-        class PromptOnly(LLM):
+        class PromptOnly(import_distilabel("distilabel.models.llms.base").LLM):
             @property
             def model_name(self) -> str:
                 return "stillhouse-teacher"
@@ -121,10 +121,13 @@ class Judge(Stage):
     @property
     def ultrafeedback(self) -> Any:
         if self._ultrafeedback is None:
-            from distilabel.steps.tasks import UltraFeedback
+            from factory.tasks.distilabel_task import distilabel_quietly
 
-            self._ultrafeedback = UltraFeedback(aspect=self.config.aspect, llm=_PromptOnlyLLM.build())
-            self._ultrafeedback.load()
+            with distilabel_quietly():
+                from distilabel.steps.tasks import UltraFeedback
+
+                self._ultrafeedback = UltraFeedback(aspect=self.config.aspect, llm=_PromptOnlyLLM.build())
+                self._ultrafeedback.load()
         return self._ultrafeedback
 
     def request(self, instruction: str, input: str, response: str) -> TeacherRequest:

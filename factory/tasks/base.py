@@ -156,6 +156,18 @@ async def answer_rows(
             bar.update(len(live))
 
 
+NOT_ISSUED_PREFIX = "not issued: "
+
+
+def failure_reason(generation: Generation) -> str:
+    """drop_reason of a row whose request got no answer: `not_issued` (the budget stopped it) or
+    `teacher_error`. Neither is cached, so the next run of the same command asks again."""
+    error = generation.error or "no sample"
+    if error.startswith(NOT_ISSUED_PREFIX):
+        return f"not_issued: {error[len(NOT_ISSUED_PREFIX) :]}"
+    return f"teacher_error: {error}"
+
+
 def first_text(generation: Generation) -> str | None:
     """Text of the first sample, or None when the request failed or returned nothing."""
     if not generation.ok or not generation.samples:

@@ -10,21 +10,53 @@ called, since generation never goes through it.
 from __future__ import annotations
 
 import importlib
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import polars as pl
 
 from factory.errors import ConfigError, SchemaError
 from factory.shards import ShardWriter
-from factory.tasks.base import ShardBuffer, Task, answer_rows, rejected, stable_seed
+from factory.tasks.base import ShardBuffer, Task, answer_rows, failure_reason, rejected, stable_seed
 from factory.tasks.config import DistilabelConfig
 from factory.teachers.base import Generation, Teacher, TeacherRequest
 
 STAGE = "distilabel"
 
 
+@contextmanager
+def distilabel_quietly() -> Iterator[None]:
+    """Import or build distilabel objects without distilabel's side effects on our output.
+
+    distilabel's `__init__` installs rich's traceback handler with `show_locals=True` (about
+    1,200 lines after any error), its task classes emit pydantic warnings when imported
+    and built, and a step built outside a distilabel Pipeline logs a warning about it (we
+    never use that Pipeline); none may reach a Stillhouse user. Every distilabel import and
+    task construction goes through here.
+    """
+    logging.getLogger("distilabel").setLevel(logging.ERROR)
+    hook = sys.excepthook
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.excepthook = hook
+
+
+def import_distilabel(module: str) -> ModuleType:
+    """`importlib.import_module(module)` inside `distilabel_quietly`."""
+    with distilabel_quietly():
+        return importlib.import_module(module)
+
+
 def _engine_slot_class() -> type:
-    from distilabel.models.llms.base import LLM
+    LLM = import_distilabel("distilabel.models.llms.base").LLM
 
     class EngineSlot(LLM):
         """Placeholder LLM: Stillhouse's teacher generates, so this is never asked to."""
@@ -46,18 +78,19 @@ def load_distilabel_task(path: str, params: dict[str, Any]) -> Any:
     """Import `module.Class`, build it with `params` and load it (templates, prompts)."""
     module_name, _, class_name = path.rpartition(".")
     try:
-        task_class = getattr(importlib.import_module(module_name), class_name)
+        task_class = getattr(import_distilabel(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"task 'distilabel': cannot import {path!r} ({exc})") from None
-    from distilabel.steps.tasks.base import Task as DistilabelTask
+    DistilabelTask = import_distilabel("distilabel.steps.tasks.base").Task
 
     if not (isinstance(task_class, type) and issubclass(task_class, DistilabelTask)):
         raise ConfigError(f"task 'distilabel': {path!r} is not a distilabel Task")
-    try:
-        task = task_class(llm=_engine_slot_class()(), **params)
-    except Exception as exc:  # pydantic validation of the task's own fields
-        raise ConfigError(f"task 'distilabel': {path} rejects params {sorted(params)}: {exc}") from None
-    task.load()
+    with distilabel_quietly():
+        try:
+            task = task_class(llm=_engine_slot_class()(), **params)
+        except Exception as exc:  # pydantic validation of the task's own fields
+            raise ConfigError(f"task 'distilabel': {path} rejects params {sorted(params)}: {exc}") from None
+        task.load()
     return task
 
 
@@ -98,7 +131,7 @@ class DistilabelTaskAdapter(Task):
 
     def answer(self, row: dict[str, Any], generation: Generation) -> dict[str, Any]:
         if not generation.ok or not generation.samples:
-            return rejected(row, STAGE, f"teacher_error: {generation.error or 'no sample'}")
+            return rejected(row, STAGE, failure_reason(generation))
         parsed = self.task.format_output(generation.samples[0].text, self._input(row))
         mapped = {self.config.output_mapping.get(key, key): value for key, value in parsed.items()}
         return {

@@ -25,6 +25,7 @@ from factory.shards import ShardWriter
 from factory.tasks.base import (
     ShardBuffer,
     Task,
+    failure_reason,
     first_text,
     generate_batched,
     generation_columns,
@@ -62,8 +63,9 @@ EQUALITY_PROMPT = (
 
 
 def mutation_templates() -> dict[str, str]:
-    from distilabel.steps.tasks.evol_instruct.utils import MUTATION_TEMPLATES
+    from factory.tasks.distilabel_task import import_distilabel
 
+    MUTATION_TEMPLATES = import_distilabel("distilabel.steps.tasks.evol_instruct.utils").MUTATION_TEMPLATES
     return {name: MUTATION_TEMPLATES[key] for name, key in TEMPLATE_KEYS.items()}
 
 
@@ -226,13 +228,13 @@ class EvolInstruct(Task):
         survivors = []
         for (index, row), answer, judgement in zip(candidates, answers, judged):
             if not answer.ok or not answer.samples:
-                rows.append(rejected(row, STAGE, f"teacher_error: {answer.error or 'no sample'}"))
+                rows.append(rejected(row, STAGE, failure_reason(answer)))
                 continue
             row = {**row, **generation_columns(answer)}
             reason = None
             if judgement is not None:  # an evolution nobody could judge does not pass
                 verdict = first_text(judgement)
-                reason = self.gain.check(verdict) if judgement.ok else f"teacher_error: {judgement.error}"
+                reason = self.gain.check(verdict) if judgement.ok else failure_reason(judgement)
             if reason is None:
                 reason = next((r for rule in self.response_rules if (r := rule.check(row["response"]))), None)
             if reason:

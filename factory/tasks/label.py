@@ -25,7 +25,7 @@ import polars as pl
 from factory.errors import ConfigError
 from factory.schema import canonical_json
 from factory.shards import ShardWriter
-from factory.tasks.base import ShardBuffer, Task, answer_rows, rejected, require_columns, stable_seed
+from factory.tasks.base import ShardBuffer, Task, answer_rows, failure_reason, rejected, require_columns, stable_seed
 from factory.tasks.config import LabelConfig
 from factory.teachers.base import Generation, Sample, Teacher, TeacherRequest
 
@@ -164,7 +164,7 @@ class Label(Task):
 
         def answer(row: dict[str, Any], generation: Generation) -> dict[str, Any]:
             if not generation.ok:
-                return rejected(row, STAGE, f"teacher_error: {generation.error}")
+                return rejected(row, STAGE, failure_reason(generation))
             probs, problem = self._probabilities(generation, source, order, label_ids)
             if probs is None:
                 return rejected(row, STAGE, problem)

@@ -19,6 +19,7 @@ from factory.tasks.base import (
     ShardBuffer,
     Task,
     answer_rows,
+    failure_reason,
     generation_columns,
     prompt_text,
     rejected,
@@ -81,7 +82,7 @@ class Respond(Task):
 
     def answer(self, row: dict[str, Any], generation: Generation) -> dict[str, Any]:
         if not generation.ok or not generation.samples:
-            return rejected(row, STAGE, f"teacher_error: {generation.error or 'no sample'}")
+            return rejected(row, STAGE, failure_reason(generation))
         chosen = choose_sample(generation.samples, self.config.chain_of_thought)
         answered = {**row, **generation_columns(generation, chosen), "chosen_sample": chosen}
         if self.config.chain_of_thought:

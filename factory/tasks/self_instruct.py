@@ -31,6 +31,7 @@ from factory.shards import ShardWriter
 from factory.tasks.base import (
     ShardBuffer,
     Task,
+    failure_reason,
     first_text,
     generate_batched,
     live_records,
@@ -264,10 +265,10 @@ class SelfInstruct(Task):
         rows = []
         for row, verdict, cls, generation in zip(kept, verdicts, is_classification, instance_generations):
             if not verdict.ok:
-                rows.append(rejected(row, STAGE, f"teacher_error: {verdict.error}"))
+                rows.append(rejected(row, STAGE, failure_reason(verdict)))
                 continue
             if not generation.ok:
-                rows.append(rejected(row, STAGE, f"teacher_error: {generation.error}"))
+                rows.append(rejected(row, STAGE, failure_reason(generation)))
                 continue
             instances = parse_instances(first_text(generation), first="label" if cls else "input")
             rows.extend(self._instance_rows(row, cls, instances[: config.instances_per_task]))

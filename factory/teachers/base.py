@@ -91,6 +91,7 @@ class Sample:
     logprobs: list[float] = field(default_factory=list)
     top_ids: list[list[int]] = field(default_factory=list)
     top_logprobs: list[list[float]] = field(default_factory=list)
+    ids_missing: bool = False  # the sample has text but its token ids could not be had (counted, never silent)
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)

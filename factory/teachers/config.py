@@ -87,8 +87,16 @@ class OpenAITeacherConfig(_TeacherConfigBase):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None: api.openai.com")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
-    tokenizer: str | None = Field(default=None, description="local tokenizer to recover token ids from token text")
-    return_token_ids: bool = Field(default=False, description="vllm serve: ask for `token_id:N` tokens")
+    tokenizer: str | None = Field(
+        default=None,
+        description="tokenizer of the served model (directory or HF name): hashes stored ids; recovers ids "
+        "from token bytes on servers that send none. vLLM's own model directory is found by itself",
+    )
+    return_token_ids: bool | None = Field(
+        default=None,
+        description="ask for `token_id:N` tokens (vLLM's return_tokens_as_token_ids); None: when the "
+        "server is vLLM; false: never (text and logprobs only)",
+    )
     logprobs: bool = Field(default=True, description="ask for the sampled tokens' logprobs")
 
 

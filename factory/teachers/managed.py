@@ -38,6 +38,7 @@ AUTO_INITIAL_CONCURRENCY = 4  # where `concurrency: auto` starts (and batched ba
 class TeacherStats:
     requests_sent: int = 0  # attempts that reached the backend, retries included
     cache_hits: int = 0
+    answered: int = 0  # requests answered by the backend in this run (cache hits not included)
     failed: int = 0  # requests that ended with `error` after their retries
     retries: int = 0
     congested: int = 0  # attempts the server pushed back on (429, 503, timeouts)
@@ -45,6 +46,7 @@ class TeacherStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usd: float = 0.0
+    ids_missing: int = 0  # samples returned (answered or from the cache) with text but no token ids
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,13 +87,22 @@ class ManagedTeacher(Teacher):
         self.slots = ConcurrencyLimit(
             self.concurrency, adaptive=adaptive, maximum=max_concurrency, rate_bound=self._limiter
         )
+        self._prepared = False
+        self.last_error: str | None = None  # the error of the last request that failed for good
 
     # -- backend hooks ----------------------------------------------------------------
+    async def _prepare(self) -> None:  # noqa: B027 - optional hook
+        """Once, before the first cache lookup: anything the identity or cache keys depend on."""
+
     async def _generate_one(self, request: TeacherRequest) -> Generation:
         raise NotImplementedError(f"{type(self).__name__} implements neither _generate_one nor _generate_batch")
 
     def _generate_batch(self, requests: list[TeacherRequest]) -> list[Generation]:
         raise NotImplementedError(f"{type(self).__name__} implements neither _generate_one nor _generate_batch")
+
+    def describe(self) -> str | None:
+        """One line on where token ids come from, once the teacher has been used (None: nothing to say)."""
+        return None
 
     def cache_key(self, request: TeacherRequest) -> str:
         key = request.cache_key(self.identity)
@@ -105,6 +116,9 @@ class ManagedTeacher(Teacher):
     # -- the shared path --------------------------------------------------------------
     async def generate(self, requests: Sequence[TeacherRequest]) -> list[Generation]:
         requests = list(requests)
+        if requests and not self._prepared:
+            await self._prepare()
+            self._prepared = True
         results: list[Generation | None] = [None] * len(requests)
         keys = [self.cache_key(request) for request in requests]
         with _Progress(self.show_progress, len(requests), self.identity.model) as progress:
@@ -120,9 +134,12 @@ class ManagedTeacher(Teacher):
                 await self._run_batched(requests, keys, pending, results, progress)
             else:
                 await self._run_concurrent(requests, keys, pending, results, progress)
+        self.stats.ids_missing += sum(sample.ids_missing for result in results for sample in result.samples)
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def _record(self, key: str, generation: Generation) -> None:
+        """Count a backend answer; only a success is cached (a failure is asked again next run)."""
+        self.stats.answered += generation.ok
         self.stats.prompt_tokens += generation.usage.prompt_tokens
         self.stats.completion_tokens += generation.usage.completion_tokens
         self.stats.usd += self.budget.usd(generation.usage.prompt_tokens, generation.usage.completion_tokens)
@@ -140,6 +157,7 @@ class ManagedTeacher(Teacher):
 
     def _failed(self, request: TeacherRequest, message: str) -> Generation:
         self.stats.failed += 1
+        self.last_error = message
         return Generation(request=request, teacher=self.identity, error=message)
 
     async def _run_concurrent(self, requests, keys, pending, results, progress) -> None:
@@ -181,6 +199,7 @@ class ManagedTeacher(Teacher):
         attempt's outcome adapts `concurrency: auto`."""
         maybe_billed = (0, 0)
         estimate = prompt_token_bound(request) + completion_token_bound(request)
+        seen: dict[str, int] = {}  # every error of this request, so the server's own status is never lost
         for attempt in range(self.max_retries + 1):
             answered = congested = False
             sent_at = self.slots.now()
@@ -199,6 +218,7 @@ class ManagedTeacher(Teacher):
                     error = RetryableError(f"timed out after {self.timeout_s:g} s", maybe_billed=True, congestion=True)
                 congested = error.congestion
                 self.stats.congested += congested
+                seen[str(error)] = seen.get(str(error), 0) + 1
                 if error.maybe_billed:
                     # The server may have done (and billed) the work: count the worst case
                     # so the budget stays a hard cap.
@@ -211,7 +231,8 @@ class ManagedTeacher(Teacher):
             finally:
                 self.slots.observe(sent_at, congested=congested, answered=answered, tokens=estimate)
             if attempt == self.max_retries:
-                message = f"failed after {attempt + 1} attempt(s): {error}"
+                history = "; ".join(f"{text} ({count}x)" if count > 1 else text for text, count in seen.items())
+                message = f"failed after {attempt + 1} attempt(s): {history}"
                 return self._failed(request, message), maybe_billed
             self.stats.retries += 1
             await asyncio.sleep(retry_delay(attempt, error.retry_after))
@@ -242,6 +263,7 @@ class ManagedTeacher(Teacher):
                 self._record(keys[index], generation)
                 if not generation.ok:
                     self.stats.failed += 1
+                    self.last_error = generation.error
                 answered += generation.ok
                 results[index] = generation
             progress.advance(len(chunk))

@@ -1,10 +1,17 @@
 """Any OpenAI-compatible chat-completions server (OpenAI, `vllm serve`, llama.cpp, Ollama).
 
 Keeps every sample's text, finish reason, the sampled tokens' logprobs and the top-k
-alternatives, and token ids: from the server when it sends them (vLLM's
-`return_tokens_as_token_ids`), else recovered with the configured tokenizer;
-`Generation.token_ids_source` says which. The API key comes from the environment
-variable the config names and is held only by the HTTP client.
+alternatives, and token ids. Before its first request the teacher asks the server what
+it is (`GET /models`, once): vLLM is asked for `token_id:N` tokens
+(`return_tokens_as_token_ids`, which vLLM 0.32 applies to sampled and top-k tokens)
+and its tokenizer is read from the model directory the server reports (`root`);
+llama.cpp sends an `id` with every token. Elsewhere ids are recovered from each
+token's bytes with the configured `tokenizer`. A sample whose ids could not be had
+is marked `ids_missing`; `Generation.token_ids_source` says where ids came from.
+A server that sends ids for a tokenizer this machine cannot hash is refused before
+the first request: ids without a tokenizer hash are useless to a KD trainer.
+The API key comes from the environment variable the config names and is held only
+by the HTTP client.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import itertools
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -38,6 +46,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _MAX_RETRY_AFTER_S = 600.0
 CONNECTIONS_PER_CLIENT = 16  # connections per HTTP client (see OpenAITeacher.__init__)
+VLLM_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
 def read_api_key(config: OpenAITeacherConfig) -> str:
@@ -89,18 +98,11 @@ class OpenAITeacher(ManagedTeacher):
     def __init__(self, config: OpenAITeacherConfig, **machinery: Any):
         self.config = config
         self.base_url = config.base_url or DEFAULT_BASE_URL
-        tokenizer_hash, self._token_index = None, None
+        self._token_index: TokenBytesIndex | None = None
+        identity = TeacherIdentity("openai", config.model)
         if config.tokenizer:
-            from factory.teachers.local_models import load_tokenizer
-            from factory.teachers.tokenizers import tokenizer_hash as hash_of
-
-            tokenizer = load_tokenizer(config.tokenizer)
-            tokenizer_hash = hash_of(tokenizer)
-            self._token_index = TokenBytesIndex(tokenizer)
-        identity = TeacherIdentity("openai", config.model, config.tokenizer, tokenizer_hash)
+            identity = self._use_tokenizer(identity, config.tokenizer)
         super().__init__(identity, **machinery)
-        # Another endpoint, or ids/logprobs switched on, must not be served old answers.
-        self.cache_salt = f"{self.base_url}|ids={config.return_token_ids}|logprobs={config.logprobs}"
         # httpx's pool scans every connection it holds for each request; with hundreds in
         # flight that scan is most of the client's CPU. So connections are spread over
         # small clients (CONNECTIONS_PER_CLIENT each) that requests take in turn.
@@ -110,6 +112,82 @@ class OpenAITeacher(ManagedTeacher):
         self._client = self._clients[0]
         self._next_client = itertools.cycle(self._clients).__next__
         self._connected = False
+        self.server_kind: str | None = None  # vllm | llamacpp | None (any other server), set by _prepare
+        self._ask_for_ids = False
+        self._set_cache_salt()
+
+    def _use_tokenizer(self, identity: TeacherIdentity, name: str) -> TeacherIdentity:
+        from factory.teachers.local_models import load_tokenizer
+        from factory.teachers.tokenizers import tokenizer_hash
+
+        tokenizer = load_tokenizer(name)
+        self._token_index = TokenBytesIndex(tokenizer)
+        return TeacherIdentity(identity.backend, identity.model, name, tokenizer_hash(tokenizer))
+
+    def _set_cache_salt(self) -> None:
+        # Another endpoint, or ids/logprobs asked for differently, must not be served old answers.
+        self.cache_salt = f"{self.base_url}|ids={self._ask_for_ids}|logprobs={self.config.logprobs}"
+
+    async def _prepare(self) -> None:
+        """Once, before the first cache lookup: learn what the server is and how to get token ids.
+
+        Runs before the cache so the identity (tokenizer hash) and the cache keys are the
+        same on every run against the same server, whether or not anything is sent.
+        """
+        listing = await self._list_models()
+        entry = next((m for m in listing if isinstance(m, dict) and m.get("id") == self.config.model), None)
+        entry = entry or (listing[0] if len(listing) == 1 and isinstance(listing[0], dict) else {})
+        owner = str(entry.get("owned_by") or "").lower()
+        self.server_kind = owner if owner in ("vllm", "llamacpp") else None
+        setting = self.config.return_token_ids
+        self._ask_for_ids = setting is True or (setting is None and self.server_kind == "vllm")
+        server_sends_ids = self._ask_for_ids or (setting is not False and self.server_kind == "llamacpp")
+        if server_sends_ids and self.identity.tokenizer_hash is None:
+            root = entry.get("root") or entry.get("id") or ""
+            if self.server_kind == "vllm" and root and Path(str(root)).expanduser().is_dir():
+                self.identity = self._use_tokenizer(self.identity, str(root))
+            else:
+                raise TeacherError(
+                    f"teacher {self.config.model!r} at {self.base_url} sends token ids, but its tokenizer "
+                    f"({root or 'unknown'}) is not on this machine: set teacher.tokenizer to a local copy "
+                    "(directory or Hugging Face name) so stored ids carry a tokenizer hash, "
+                    "or teacher.return_token_ids: false to store text and logprobs only"
+                )
+        self._set_cache_salt()
+
+    def describe(self) -> str | None:
+        if not self._prepared:
+            return None
+        server = {"vllm": "vLLM", "llamacpp": "llama.cpp"}.get(self.server_kind or "", "server")
+        if self._ask_for_ids or self.server_kind == "llamacpp":
+            ids = "token ids from the server"
+        elif self._token_index is not None:
+            ids = "token ids recovered from token bytes with the tokenizer"
+        else:
+            ids = "no token ids (set teacher.tokenizer to recover them): samples keep text and logprobs"
+        hashed = f", tokenizer {self.identity.tokenizer} (hash {self.identity.tokenizer_hash})"
+        return f"teacher: {server} at {self.base_url} serving {self.config.model!r}: {ids}" + (
+            hashed if self.identity.tokenizer_hash else ""
+        )
+
+    async def _list_models(self) -> list:
+        """The server's `GET /models` listing; [] when it has none (the completions still decide)."""
+        try:
+            listing = await self._client.get("/models", cast_to=object)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+            raise self._classify(error) from error
+        except openai.APIStatusError:
+            self._connected = True
+            return []
+        except openai.APIConnectionError as error:
+            if _is_connect_failure(error):
+                raise ServerUnreachableError(
+                    f"cannot reach the teacher server at {self.base_url}: connection failed"
+                ) from error
+            return []
+        self._connected = True
+        data = listing.get("data") if isinstance(listing, dict) else None
+        return data if isinstance(data, list) else []
 
     def _new_client(self, api_key: str, timeout_s: float) -> openai.AsyncOpenAI:
         limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT, max_keepalive_connections=CONNECTIONS_PER_CLIENT)
@@ -160,12 +238,19 @@ class OpenAITeacher(ManagedTeacher):
         if want_logprobs:
             params["logprobs"] = True
             if request.top_logprobs > 0:
-                params["top_logprobs"] = request.top_logprobs
-        if self.config.return_token_ids:
+                params["top_logprobs"] = self._top_logprobs_to_ask(request.top_logprobs)
+        if self._ask_for_ids:
             params["return_tokens_as_token_ids"] = True  # vLLM's extension
         return params
 
+    def _top_logprobs_to_ask(self, k: int) -> int:
+        """vLLM's server lists the sampled token first, then the best k-1 others: ask for one
+        more (up to vLLM's default cap of 20) so the true top-k can be kept."""
+        return min(k + 1, VLLM_MAX_LOGPROBS) if self.server_kind == "vllm" and k < VLLM_MAX_LOGPROBS else k
+
     def _classify(self, error: Exception) -> Exception:
+        if isinstance(error, openai.APIStatusError):
+            self._connected = True  # the server answered: a later connection failure is not "unreachable"
         where = f"{self.base_url} (model {self.config.model!r})"
         if isinstance(error, openai.RateLimitError):
             retry_after = retry_after_seconds(error.response.headers)
@@ -193,7 +278,7 @@ class OpenAITeacher(ManagedTeacher):
     def _to_generation(self, request: TeacherRequest, response: dict) -> Generation:
         samples, sources = [], set()
         for choice in sorted(response["choices"], key=lambda choice: choice.get("index") or 0):
-            sample, source = self._to_sample(choice)
+            sample, source = self._to_sample(choice, request.top_logprobs)
             samples.append(sample)
             sources.add(source)
         usage = response.get("usage") or {}
@@ -208,35 +293,36 @@ class OpenAITeacher(ManagedTeacher):
             request=request, teacher=self.identity, samples=samples, usage=counted, token_ids_source=source
         )
 
-    def _to_sample(self, choice: dict) -> tuple[Sample, str | None]:
+    def _to_sample(self, choice: dict, k: int) -> tuple[Sample, str | None]:
         text = (choice.get("message") or {}).get("content") or ""
         content = (choice.get("logprobs") or {}).get("content") or []
         sample = Sample(text=text, finish_reason=choice.get("finish_reason"))
-        if not content:
-            return sample, None
         sample.logprobs = [float(entry["logprob"]) for entry in content]
-        top = [entry.get("top_logprobs") or [] for entry in content]
-        server_ids = [parse_token_id(entry["token"]) for entry in content]
-        if all(token_id is not None for token_id in server_ids):
-            sample.token_ids = server_ids  # type: ignore[assignment]
-            sample.top_ids = [[parse_token_id(alt["token"]) for alt in alts] for alts in top]  # type: ignore[misc]
-            sample.top_logprobs = [[float(alt["logprob"]) for alt in alts] for alts in top]
-            if self.config.return_token_ids and text == "":
-                sample.text = "".join(entry["token"] for entry in content)
-            return sample, "server"
-        if self._token_index is None:
-            # No ids to be had: keep the logprobs, leave ids empty rather than guess.
-            sample.top_logprobs = [[float(alt["logprob"]) for alt in alts] for alts in top]
+        ids = [self._token_id(entry) for entry in content]
+        complete = bool(ids) and all(token_id is not None for token_id in ids)
+        for entry in content:
+            pairs = [(self._token_id(alt), float(alt["logprob"])) for alt in entry.get("top_logprobs") or []]
+            if complete:  # ids and logprobs stay pairs: drop an alternative whose id is unknown
+                pairs = [(token_id, logprob) for token_id, logprob in pairs if token_id is not None]
+            ranked = sorted(pairs, key=lambda pair: -pair[1])[:k]
+            if complete:
+                sample.top_ids.append([token_id for token_id, _ in ranked])  # type: ignore[misc]
+            sample.top_logprobs.append([logprob for _, logprob in ranked])
+        if not complete:  # no ids at all rather than misaligned ones; the logprobs still serve entropy
+            sample.ids_missing = bool(text)
             return sample, None
-        ids = [self._token_index.lookup(entry["token"], entry.get("bytes")) for entry in content]
-        # Sampled ids stay aligned with logprobs or are not given at all.
-        sample.token_ids = ids if all(token_id is not None for token_id in ids) else []  # type: ignore[assignment]
-        for alts in top:
-            pairs = [(self._token_index.lookup(alt["token"], alt.get("bytes")), float(alt["logprob"])) for alt in alts]
-            pairs = [(token_id, logprob) for token_id, logprob in pairs if token_id is not None]
-            sample.top_ids.append([token_id for token_id, _ in pairs])
-            sample.top_logprobs.append([logprob for _, logprob in pairs])
-        return sample, "tokenizer" if sample.token_ids else None
+        sample.token_ids = ids  # type: ignore[assignment]
+        return sample, "server" if self._ask_for_ids or self.server_kind == "llamacpp" else "tokenizer"
+
+    def _token_id(self, entry: dict) -> int | None:
+        """A token's id: sent by the server (`token_id:N`, llama.cpp's `id`), else from its bytes."""
+        if isinstance(entry.get("id"), int):
+            return entry["id"]
+        token = entry["token"]
+        token_id = parse_token_id(token)
+        if token_id is None and self._token_index is not None:
+            token_id = self._token_index.lookup(token, entry.get("bytes"))
+        return token_id
 
     async def close(self) -> None:
         for client in self._clients:

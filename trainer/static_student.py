@@ -1,0 +1,131 @@
+"""Static token embeddings distilled from the teacher's own encoder (Model2Vec-style).
+
+Every token of the encoder's vocabulary is passed through the encoder on its own
+([CLS] token [SEP]) and its pooled output becomes that token's vector; PCA reduces
+the vectors to the student's width. A student that averages these vectors and
+applies a linear layer starts from the teacher's notion of what words mean, so it
+generalises to phrasings the transfer set lacks, at the cost of one tokenizer call
+and one embedding lookup per prediction (Tulkens & van Dongen, Model2Vec, 2024).
+
+The vectors depend only on the encoder's weights and the width, so they are cached
+under $STILLHOUSE_CACHE (default ~/.cache/stillhouse)/token_embeddings/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from factory.errors import StillhouseError
+
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+class TokenFeaturizer:
+    """Text -> the tokenizer's ids shifted by one (0 is padding); no special tokens."""
+
+    kind = "tokens"
+
+    def __init__(self, tokenizer: Any, max_length: int = 256) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer) + 1
+
+    def ids_list(self, texts: list[str]) -> list[list[int]]:
+        rows = self.tokenizer(
+            texts, add_special_tokens=False, truncation=True, max_length=self.max_length, return_attention_mask=False
+        )["input_ids"]
+        return [[i + 1 for i in row] or [0] for row in rows]
+
+    def batch(self, texts: list[str]) -> torch.Tensor:
+        """[B, L] int64, right-padded with 0."""
+        rows = self.ids_list(texts)
+        width = max(1, max(len(row) for row in rows))
+        out = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return torch.from_numpy(out)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "max_length": self.max_length}
+
+    def save(self, directory: Path) -> None:
+        self.tokenizer.save_pretrained(str(directory / TOKENIZER_SUBDIR))
+
+    @classmethod
+    def load(cls, directory: Path, settings: dict[str, Any]) -> TokenFeaturizer:
+        from transformers import AutoTokenizer
+
+        path = directory / TOKENIZER_SUBDIR
+        if not path.is_dir():
+            raise StillhouseError(f"{directory}: static-embedding student without its {TOKENIZER_SUBDIR}/ directory")
+        return cls(AutoTokenizer.from_pretrained(str(path)), settings.get("max_length", 256))
+
+
+def teacher_encoder_path(teacher_model: str | None) -> Path:
+    """The sentence encoder inside a classifier teacher directory (encoder_head), else the default MiniLM."""
+    from factory.teachers.classifier import ENCODER_HEAD_CONFIG, default_encoder_path
+
+    if teacher_model:
+        directory = Path(teacher_model)
+        meta_path = directory / ENCODER_HEAD_CONFIG
+        if meta_path.is_file():
+            encoder = Path(json.loads(meta_path.read_text(encoding="utf-8"))["encoder"])
+            return encoder if encoder.is_absolute() else directory / encoder
+    return default_encoder_path()
+
+
+def _cache_file(encoder_path: Path, dim: int) -> Path:
+    files = sorted((p.name, p.stat().st_size) for p in encoder_path.rglob("*.safetensors"))
+    digest = hashlib.sha256(json.dumps([str(encoder_path.resolve()), files, dim]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("STILLHOUSE_CACHE", Path.home() / ".cache" / "stillhouse"))
+    return root / "token_embeddings" / f"{digest}.npy"
+
+
+def distill_token_embeddings(encoder_path: Path, dim: int, batch_size: int = 1024) -> tuple[Any, np.ndarray]:
+    """(tokenizer, vectors [vocab + 1, width]): row 0 is padding, row id + 1 the vector of token id."""
+    from transformers import AutoTokenizer
+
+    from factory.teachers.classifier import load_encoder
+
+    cache = _cache_file(Path(encoder_path), dim)
+    if cache.is_file():  # the tokenizer alone: no need to import sentence-transformers (~10 s) or load weights
+        return AutoTokenizer.from_pretrained(str(encoder_path)), np.load(cache)
+    encoder = load_encoder(encoder_path)
+    tokenizer = encoder.tokenizer
+    vocab = len(tokenizer)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    vectors = []
+    encoder.eval()
+    with torch.inference_mode():
+        for start in range(0, vocab, batch_size):
+            ids = torch.arange(start, min(start + batch_size, vocab)).unsqueeze(1)
+            if cls_id is not None and sep_id is not None:
+                ids = torch.cat([torch.full_like(ids, cls_id), ids, torch.full_like(ids, sep_id)], dim=1)
+            features = {
+                "input_ids": ids,
+                "attention_mask": torch.ones_like(ids),
+                "token_type_ids": torch.zeros_like(ids),
+            }
+            vectors.append(encoder(features)["token_embeddings"].mean(dim=1).float().numpy())
+    table = np.concatenate(vectors)
+    table = table - table.mean(axis=0, keepdims=True)
+    if dim < table.shape[1]:  # PCA: the directions that carry most of the vocabulary's variance
+        _, _, components = np.linalg.svd(table, full_matrices=False)
+        table = table @ components[:dim].T
+    # unit scale per coordinate: the student's optimiser then treats every direction alike
+    table = (table / table.std()).astype(np.float32)
+    table = np.concatenate([np.zeros((1, table.shape[1]), dtype=np.float32), table])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, table)
+    tmp.replace(cache)
+    return tokenizer, table
