@@ -87,7 +87,7 @@ def truth(path: Path) -> set[tuple[int, int]]:
 
 
 # -- one method (its own process) -----------------------------------------------------------
-def run_method(method: str, corpus: Path, out: Path, address: str | None, workers: int) -> None:
+def run_method(method: str, corpus: Path, out: Path, address: str | None, workers: int, temp_dir: str) -> None:
     import resource
 
     import polars as pl
@@ -112,7 +112,7 @@ def run_method(method: str, corpus: Path, out: Path, address: str | None, worker
             executor = build_executor(RayExecutorConfig(address=address, workers=workers))
             try:
                 curated = executor.apply(stage, frame)
-                result_workers = executor.worker_peak_rss_mb() if hasattr(executor, "worker_peak_rss_mb") else None
+                result_workers = ray_workers_peak_mb(temp_dir)
             finally:
                 executor.close()
         seconds = time.perf_counter() - start
@@ -124,6 +124,32 @@ def run_method(method: str, corpus: Path, out: Path, address: str | None, worker
     result["docs"] = frame.height
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps(result))
+
+
+def ray_workers_peak_mb(temp_dir: str) -> float:
+    """The largest peak RSS (VmHWM) of the worker processes of the Ray cluster living in `temp_dir`
+    (children of its raylet; other clusters on the machine are not counted)."""
+
+    def status(pid: Path) -> dict[str, str]:
+        return dict(line.split(":", 1) for line in (pid / "status").read_text().splitlines() if ":" in line)
+
+    processes = [path for path in Path("/proc").iterdir() if path.name.isdigit()]
+    raylets = set()
+    for pid in processes:
+        try:
+            if b"raylet" in (pid / "cmdline").read_bytes() and temp_dir.encode() in (pid / "cmdline").read_bytes():
+                raylets.add(pid.name)
+        except OSError:
+            continue
+    peak = 0.0
+    for pid in processes:
+        try:
+            fields = status(pid)
+            if fields.get("PPid", "").strip() in raylets and "VmHWM" in fields:
+                peak = max(peak, int(fields["VmHWM"].split()[0]) / 1024)
+        except OSError:  # the process ended meanwhile
+            continue
+    return peak
 
 
 def _rensa(texts: list[str], block: int = 50_000) -> int:
@@ -148,11 +174,13 @@ def _rensa(texts: list[str], block: int = 50_000) -> int:
     return flagged
 
 
-def child(method: str, corpus: Path, work: Path, address: str | None = None, workers: int = 1) -> dict:
+def child(
+    method: str, corpus: Path, work: Path, address: str | None = None, workers: int = 1, temp_dir: str = ""
+) -> dict:
     out = work / f"{corpus.stem}-{method}.json"
     command = [sys.executable, __file__, "--child", method, "--corpus", str(corpus), "--out", str(out)]
     if address:
-        command += ["--address", address, "--workers", str(workers)]
+        command += ["--address", address, "--workers", str(workers), "--temp-dir", temp_dir]
     subprocess.run(command, check=True, cwd=REPO)
     return json.loads(out.read_text())
 
@@ -173,26 +201,7 @@ def same_output(a: Path, b: Path) -> bool:
     return pl.read_parquet(a).equals(pl.read_parquet(b))
 
 
-# -- Ray on loopback ----------------------------------------------------------------------
-def start_ray() -> str:
-    """A one-node Ray head on 127.0.0.1 with 2 CPUs (RECIPES.md: kept on loopback)."""
-    import socket
-
-    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    ray = str(Path(sys.executable).with_name("ray"))
-    command = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2"]
-    command += ["--include-dashboard", "false", "--temp-dir", str(temp), "--disable-usage-stats"]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
-    return f"127.0.0.1:{port}"
-
-
-def stop_ray() -> None:
-    ray = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+# -- Ray on loopback: the test suite's own fixture (free ports, own temp dir, stopped by PID) --
 
 
 def main() -> None:
@@ -208,9 +217,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--temp-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_method(args.child, args.corpus, args.out, args.address, args.workers)
+        run_method(args.child, args.corpus, args.out, args.address, args.workers, args.temp_dir)
         return
 
     large = args.docs or (100_000 if args.quick else 1_000_000)
@@ -230,17 +240,18 @@ def main() -> None:
         figures[docs] = {"local": child("local", corpus, work), "rensa": child("rensa", corpus, work)}
     ray_ok = not args.no_ray
     if ray_ok:
+        sys.path.insert(0, str(REPO / "tests"))
+        from fixtures.ray_cluster import RAY_ENV, ray_cluster
+
+        os.environ.update(RAY_ENV)
         try:
-            address = start_ray()
-        except (OSError, subprocess.SubprocessError) as error:
-            print(f"Ray could not start here ({error}); skipping the Ray runs")
+            with ray_cluster(num_cpus=2) as cluster:
+                for workers in (1, 2):
+                    result = child(f"ray{workers}", corpora[large], work, cluster.address, workers, cluster.temp_dir)
+                    figures[large][f"ray{workers}"] = result
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            print(f"Ray could not run here ({error}); skipping the Ray runs")
             ray_ok = False
-    if ray_ok:
-        try:
-            for workers in (1, 2):
-                figures[large][f"ray{workers}"] = child(f"ray{workers}", corpora[large], work, address, workers)
-        finally:
-            stop_ray()
 
     positives = truth(corpora[large])
     local_out = work / f"{corpora[large].stem}-local.parquet"

@@ -63,7 +63,13 @@ class CorruptVersionError(StoreError):
 
 
 def default_root() -> Path | str:
-    return as_location(os.environ.get("STILLHOUSE_DATASETS", "datasets_out"))
+    """$STILLHOUSE_DATASETS, else $STILLHOUSE_HOME/datasets_out, else ./datasets_out: set either
+    variable and every command finds the same store from any directory."""
+    if os.environ.get("STILLHOUSE_DATASETS"):
+        return as_location(os.environ["STILLHOUSE_DATASETS"])
+    if os.environ.get("STILLHOUSE_HOME"):
+        return Path(os.environ["STILLHOUSE_HOME"]) / "datasets_out"
+    return Path("datasets_out")
 
 
 def sha256_file(path: Path) -> str:
@@ -271,7 +277,9 @@ class DatasetStore:
     def _require_root(self) -> None:
         if not self.exists():
             if self.local:
-                raise StoreError(f"dataset root {self.root} does not exist (set --root or STILLHOUSE_DATASETS)")
+                raise StoreError(
+                    f"dataset root {self.root} does not exist (set --root, STILLHOUSE_DATASETS or STILLHOUSE_HOME)"
+                )
             raise StoreError(f"dataset root {self.root}: bucket '{self._base.split('/')[0]}' does not exist")
 
     def names(self) -> list[str]:

@@ -23,7 +23,7 @@ from factory.errors import StillhouseError
 from stillhouse import __version__, logs
 from stillhouse.cli_review import review_app
 from stillhouse.cli_run import run_command, runs_app
-from stillhouse.cli_train import eval_command, train_command
+from stillhouse.cli_train import eval_command, export_command, train_command
 from stillhouse.errors import os_fault_message
 
 console = Console()
@@ -46,12 +46,14 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(review_app, name="review")
 app.command("train")(train_command)
 app.command("eval")(eval_command)
+app.command("export")(export_command)
 
 RootOption = Annotated[
     Optional[str],  # a str, not a Path: pathlib folds `s3://bucket` into `s3:/bucket`
     typer.Option(
         "--root",
-        help="Dataset store root, a directory or s3://bucket/prefix [default: $STILLHOUSE_DATASETS or ./datasets_out].",
+        help="Dataset store root, a directory or s3://bucket/prefix "
+        "[default: $STILLHOUSE_DATASETS, else $STILLHOUSE_HOME/datasets_out, else ./datasets_out].",
     ),
 ]
 

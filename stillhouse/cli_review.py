@@ -21,7 +21,11 @@ review_app = typer.Typer(
 RefArgument = Annotated[str, typer.Argument(help="The reviewed version: name, name@latest or name@vN.")]
 RootOption = Annotated[
     Optional[Path],
-    typer.Option("--root", help="Dataset store root [default: $STILLHOUSE_DATASETS or ./datasets_out]."),
+    typer.Option(
+        "--root",
+        help="Dataset store root "
+        "[default: $STILLHOUSE_DATASETS, else $STILLHOUSE_HOME/datasets_out, else ./datasets_out].",
+    ),
 ]
 ApiUrlOption = Annotated[
     Optional[str], typer.Option("--api-url", help="Argilla URL [default: $ARGILLA_API_URL or http://localhost:6900].")

@@ -1,4 +1,4 @@
-"""`stillhouse train CONFIG` and `stillhouse eval MODEL --test FILE`."""
+"""`stillhouse train CONFIG`, `stillhouse eval MODEL --test FILE` and `stillhouse export REF --format F --out DIR`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def train_command(
     if updates:
         config = config.model_copy(update=updates)
     result = train(config)
+    if not result.is_main:  # under accelerate / torchrun the first process reports
+        return
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     console.print(f"trained on {result.dataset_ref}: {result.steps} steps{resumed}{loss}")
@@ -75,3 +77,25 @@ def eval_command(
         r = report["ratios"]
         console.print(f"ratios: F1 {r['f1']:.4f}  agreement {r['agreement']:.4f}  latency p50 {r['latency_p50']:.4f}")
     console.print(f"report: {Path(report['out_dir']) / 'evaluation.md'}")
+
+
+def export_command(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="Dataset ref: name, name@latest or name@vN.")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="messages, axolotl-kd, distillkit, openai-chat or sharegpt.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new directory for the export.")],
+    tokenizer: Annotated[
+        Optional[str],
+        typer.Option("--tokenizer", help="Student tokenizer directory (axolotl-kd, distillkit: the teacher's)."),
+    ] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Dataset store root.")] = None,
+) -> None:
+    """Write a dataset version in the format another trainer reads (TRL, axolotl KD, DistillKit, OpenAI, ShareGPT)."""
+    from curation.store import DatasetStore
+    from trainer.export import METADATA_FILE, export_version
+
+    version = DatasetStore(root).resolve(ref)
+    metadata = export_version(version, format, out, tokenizer)  # type: ignore[arg-type]
+    left = f", left out {len(metadata['left_out'])} (see {METADATA_FILE})" if metadata["left_out"] else ""
+    console.print(f"exported {metadata['rows']} rows of {version.ref} as {format}{left}: {out / metadata['file']}")

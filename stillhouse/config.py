@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from curation.config import StageConfig
 from curation.review import ReviewConfig
+from curation.store import default_root
 from factory.schema import canonical_json
 from factory.secrets import redact_secrets
 from factory.storage import as_location
@@ -121,7 +122,9 @@ class EvalConfig(StrictModel):
 class PublishConfig(StrictModel):
     name: str = Field(description="Dataset name: versions land in <root>/<name>/v<N>/.")
     root: Path | str = Field(
-        Path("datasets_out"), description="Dataset store root: a directory or a URL (s3://bucket/prefix)."
+        default_factory=default_root,
+        description="Dataset store root: a directory or a URL (s3://bucket/prefix) "
+        "[default: $STILLHOUSE_DATASETS, else $STILLHOUSE_HOME/datasets_out, else ./datasets_out].",
     )
     description: str = ""
 

@@ -302,7 +302,24 @@ def test_readme_train_command_trains_on_the_quickstart_dataset(tmp_path, run_cli
 def test_help_texts_show_their_defaults(run_cli):
     code, out, _ = run_cli("datasets", "rows", "--help")
     assert code == 0
-    assert "[default: $STILLHOUSE_DATASETS or ./datasets_out]." in " ".join(out.split())
+    assert "[default: $STILLHOUSE_DATASETS, else $STILLHOUSE_HOME/datasets_out, else ./datasets_out]." in " ".join(
+        out.split()
+    )
     code, out, _ = run_cli("review", "push", "--help")
     assert "[default: $ARGILLA_API_URL or" in out
     assert not re.search(r"\w \.(\s|$)", out)  # no help text lost its default to a bare " ."
+
+
+def test_stillhouse_home_finds_the_store_from_any_directory(tmp_path, run_cli, monkeypatch):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    frame = pl.DataFrame({"id": ["a"], "instruction": ["x"], "input": [""], "origin": ["import"]})
+    DatasetStore(home / "datasets_out").publish("notes", frame)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("STILLHOUSE_DATASETS", raising=False)
+    monkeypatch.setenv("STILLHOUSE_HOME", str(home))
+    code, out, err = run_cli("datasets", "list")
+    assert code == 0, err
+    assert "notes" in out
+    code, out, err = run_cli("datasets", "verify", "notes@latest")
+    assert code == 0, err

@@ -13,7 +13,7 @@ from curation.store import DatasetStore
 from factory.errors import StillhouseError
 from factory.schema import canonical_json, record_id
 from factory.teachers.tokenizers import tokenizer_hash
-from trainer.causal import IGNORE, pack, prompt_ids, sft_examples
+from trainer.causal import IGNORE, TokenTable, prompt_ids, prompt_table, sft_block
 from trainer.config import CausalLMStudent, TrainConfig
 from trainer.training import train
 
@@ -102,12 +102,12 @@ def kd_store(tiny_llama, tmp_path_factory) -> Path:
     return root
 
 
-def causal_config(root: Path, student: Path, out: Path, **overrides) -> TrainConfig:
+def causal_config(root: Path, student_dir: Path, out: Path, **overrides) -> TrainConfig:
     values = dict(
         dataset="gen@v1",
         store_root=root,
         objective="token_kd",
-        student=CausalLMStudent(path=str(student), max_length=128),
+        student=CausalLMStudent(path=str(student_dir), max_length=128),
         output_dir=out,
         lr=3e-3,
         epochs=8,
@@ -164,20 +164,99 @@ def test_token_kd_leaves_out_review_corrected_rows(kd_store, tiny_student, tmp_p
         train(causal_config(kd_store, tiny_student, tmp_path / "broken", dataset="broken@v1", epochs=1))
 
 
-def test_sft_masks_the_prompt_and_packs(tiny_llama):
+def test_sft_masks_the_prompt(tiny_llama, kd_store):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama, local_files_only=True)
-    frame = pl.DataFrame({"instruction": ["List three ways to save water."], "input": [""], "response": ["Fix leaks."]})
-    (example,) = sft_examples(frame, tokenizer, max_length=256)
-    prompt = prompt_ids(tokenizer, "List three ways to save water.", "")
-    response = tokenizer("Fix leaks.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    assert example["input_ids"] == prompt + response
-    assert example["labels"] == [IGNORE] * len(prompt) + response
+    version = DatasetStore(kd_store).resolve("gen@v1")
+    frame = pl.DataFrame(
+        {
+            "id": ["a", "b"],
+            "instruction": ["List three ways to save water.", "Say hi."],
+            "input": ["", "politely"],
+            "response": ["Fix leaks.", "Hello there, nice to meet you."],
+        }
+    )
+    table = sft_block(version, 0, frame, tokenizer, max_length=256)
+    batch = table.sft_batch([1, 0], tokenizer.pad_token_id)
+    for row, (index, instruction, input) in enumerate([(1, "Say hi.", "politely"), (0, frame["instruction"][0], "")]):
+        prompt = prompt_ids(tokenizer, instruction, input)
+        response = tokenizer(frame["response"][index], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        width = len(prompt) + len(response)
+        assert batch["input_ids"][row, :width].tolist() == prompt + response
+        assert batch["labels"][row, :width].tolist() == [IGNORE] * len(prompt) + response
+        assert batch["attention_mask"][row].sum() == width and (batch["labels"][row, width:] == IGNORE).all()
+    assert table.loss_tokens([0, 1]) == int((batch["labels"][:, 1:] != IGNORE).sum())
 
-    blocks = pack([example, example, example], block=16)
-    assert [len(b["input_ids"]) for b in blocks[:-1]] == [16] * (len(blocks) - 1)
-    assert sum(len(b["labels"]) for b in blocks) == 3 * len(example["labels"])
+    # the batched prompt tokenisation is the per-row one; a response past max_length is cut
+    flat, lengths = prompt_table(tokenizer, frame)
+    assert flat[: lengths[0]].tolist() == prompt_ids(tokenizer, frame["instruction"][0], "")
+    cut = int(lengths.max()) + 2
+    short = sft_block(version, 0, frame, tokenizer, max_length=cut)
+    assert short.lengths.tolist() == [min(n, cut) for n in table.lengths] and max(table.lengths) > cut
+    with pytest.raises(StillhouseError, match=r"gen@v1: row 1 \(id b\): the prompt alone is"):
+        sft_block(version, 0, frame, tokenizer, max_length=int(lengths[1]))
+
+
+def test_packing_is_refused_with_its_reason(tiny_student, tmp_path):
+    with pytest.raises(ValueError, match="packed examples would attend to each other"):
+        TrainConfig(
+            dataset="gen@v1",
+            objective="sft",
+            student=CausalLMStudent(path=str(tiny_student), packing=True),
+            output_dir=tmp_path,
+        )
+
+
+def test_kd_targets_match_the_stored_top_k(kd_store, tiny_llama):
+    from transformers import AutoTokenizer
+
+    from trainer.causal import kd_block
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama, local_files_only=True)
+    version = DatasetStore(kd_store).resolve("gen@v1")
+    frame = version.read()
+    table, skipped = kd_block(version, 0, frame, tokenizer, max_length=128)
+    assert skipped == 0 and isinstance(table, TokenTable) and table.top_ids.shape[1] == TOP_K
+    ids, _, _ = table.inputs([2, 0], tokenizer.pad_token_id)
+    rows, positions, targets, top_ids, top_logprobs = table.kd_targets([2, 0], ids)
+    for row, index in enumerate([2, 0]):
+        sample = frame["samples"][index][0]
+        prompt = prompt_ids(tokenizer, frame["instruction"][index], "")
+        at = rows == row
+        assert targets[at].tolist() == list(sample["token_ids"])
+        assert positions[at].tolist() == list(range(len(prompt) - 1, len(prompt) - 1 + NEW_TOKENS))
+        assert top_ids[at].tolist() == [list(x) for x in sample["top_ids"]]
+        assert torch.allclose(top_logprobs[at], torch.tensor([list(x) for x in sample["top_logprobs"]]))
+
+
+def test_kd_picks_the_sample_named_by_chosen_sample(kd_store, tiny_student, tmp_path):
+    # the kept sample is chosen_sample, not a text match; a review correction (null index, no samples)
+    # means no KD; a null index beside samples (a row written before the column) falls back to the text
+    from transformers import AutoTokenizer
+
+    from trainer.causal import kd_block
+
+    store = DatasetStore(kd_store)
+    rows = store.resolve("gen@v1").read().to_dicts()
+    decoy = dict(rows[0]["samples"][0], token_ids=[5] * NEW_TOKENS)
+    rows[0]["samples"] = [decoy, rows[0]["samples"][0]]  # the response's text is on both; the kept one is index 1
+    for row in rows:
+        row["chosen_sample"] = len(row["samples"]) - 1
+    rows[1].update(chosen_sample=None, samples=None, response="fixed", review={"status": "corrected"})
+    rows[2].update(chosen_sample=None)
+    frame = pl.DataFrame(rows).with_columns(pl.col("chosen_sample").cast(pl.Int32))
+    store.publish("chosen", frame)
+    version = store.resolve("chosen@v1")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student, local_files_only=True)
+    table, skipped = kd_block(version, 0, version.read(), tokenizer, max_length=128)
+    assert skipped == 1 and len(table) == len(rows) - 1
+    ids, _, _ = table.inputs([0, 1], tokenizer.pad_token_id)
+    rows_of, _, targets, _, _ = table.kd_targets([0, 1], ids)
+    assert targets[rows_of == 0].tolist() == list(rows[0]["samples"][1]["token_ids"])
+    assert targets[rows_of == 1].tolist() == list(rows[2]["samples"][0]["token_ids"])  # row 1 left out
+    result = train(causal_config(kd_store, tiny_student, tmp_path / "run", dataset="chosen@v1", epochs=1))
+    assert result.details["skipped_review_corrected"] == 1
 
 
 def test_sft_with_lora_and_resume_matches_uninterrupted(kd_store, tiny_student, tmp_path):

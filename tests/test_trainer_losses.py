@@ -11,7 +11,7 @@ from trainer.losses import classifier_kd_loss, dense_kd_loss, sparse_kd_loss, to
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 2.5, 4.0])
 def test_sparse_topk_equals_dense_when_k_is_the_vocabulary(direction, temperature):
     torch.manual_seed(0)
     vocab = 11
@@ -112,3 +112,58 @@ def test_alpha_mixes_kd_and_cross_entropy():
     )
     full = classifier_kd_loss(student, probs, targets, 3.0, alpha=0.5)
     assert full.item() == pytest.approx(0.5 * 9 * kl.item() + 0.5 * ce.item(), rel=1e-5)
+
+
+def teacher_top_k(vocab: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(4, vocab, generator=generator) * 1.5
+    top_logprobs, top_ids = torch.log_softmax(teacher, dim=-1).topk(k, dim=-1)
+    return teacher, top_ids, top_logprobs
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_optimum_recovers_the_teachers_top_k_and_leftover_mass(direction, temperature):
+    # free student logits minimised against a k=20 teacher: at every T the optimum is the teacher's
+    # own buckets at T = 1 (its top-k probabilities and the mass it left outside them)
+    _, top_ids, top_logprobs = teacher_top_k(vocab=100, k=20, seed=4)
+    teacher_leftover = 1.0 - top_logprobs.exp().sum(-1)
+    assert (teacher_leftover > 0.05).all()
+    student = torch.zeros(4, 100, requires_grad=True)
+    optimizer = torch.optim.LBFGS([student], lr=1.0, max_iter=300, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = sparse_kd_loss(student, top_ids, top_logprobs, temperature, direction).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    probs = torch.softmax(student.detach(), dim=-1)
+    student_top = probs.gather(-1, top_ids)
+    assert torch.allclose(student_top, top_logprobs.exp(), atol=2e-3)
+    assert torch.allclose(1.0 - student_top.sum(-1), teacher_leftover, atol=2e-3)
+    loss = sparse_kd_loss(student.detach(), top_ids, top_logprobs, temperature, direction)
+    assert loss.max().item() < 1e-4
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_equals_trl_generalized_jsd_when_k_is_the_vocabulary(direction, temperature):
+    gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer", reason="trl is not installed")
+    teacher, top_ids, top_logprobs = teacher_top_k(vocab=32, k=32, seed=5)
+    student = torch.randn(4, 32, generator=torch.Generator().manual_seed(6))
+    ours = sparse_kd_loss(student, top_ids, top_logprobs, temperature, direction).mean() / temperature**2
+    beta = 0.0 if direction == "forward" else 1.0  # TRL: beta 0 is KL(teacher || student), 1 is the reverse
+    theirs = gkd.GKDTrainer.generalized_jsd_loss(student, teacher, beta=beta, temperature=temperature)
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+
+
+def test_bucketed_kl_at_t1_is_a_lower_bound_of_the_dense_kl():
+    # merging tokens into one bucket never increases KL (data processing inequality)
+    teacher, top_ids, top_logprobs = teacher_top_k(vocab=100, k=10, seed=7)
+    student = torch.randn(4, 100, generator=torch.Generator().manual_seed(8))
+    for direction in ("forward", "reverse"):
+        sparse = sparse_kd_loss(student, top_ids, top_logprobs, 1.0, direction)
+        dense = dense_kd_loss(student, teacher, 1.0, direction)
+        assert (sparse <= dense + 1e-6).all() and (sparse > 0).all()

@@ -22,7 +22,13 @@ class CausalLMStudent(BaseModel):
     type: Literal["causal_lm"] = "causal_lm"
     path: str = Field(description="Local directory of the student model and its tokenizer.")
     max_length: int = Field(512, ge=8, description="Longest prompt+response, in tokens (longer ones are cut).")
-    packing: bool = Field(False, description="SFT only: concatenate examples into max_length blocks.")
+    packing: bool = Field(
+        False,
+        description="Not supported: packed examples would attend to each other (no per-example attention mask).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about a third more compute."
+    )
 
 
 class HashedBagStudent(BaseModel):
@@ -75,7 +81,7 @@ class TrainConfig(BaseModel):
     lr: float | None = Field(None, gt=0, description="Peak learning rate [default: 0.2 classifiers, 1e-4 causal_lm].")
     weight_decay: float = Field(0.0, ge=0)
     epochs: float = Field(5, gt=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Examples per optimizer step, over all processes and micro-batches.")
     seed: int = 0
     # defaults: the better student of benchmarks/distill_banking77.py (KD on soft targets, T = 1, alpha = 1)
     temperature: float = Field(1.0, gt=0, description="Distillation temperature T (KD objectives).")
@@ -88,6 +94,15 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N optimizer steps (0: off).")
     resume: bool = Field(True, description="Continue from the last checkpoint in output_dir when there is one.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads [default: torch's choice].")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where the student trains: auto takes cuda, else mps, else cpu."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision of the forward pass (weights stay fp32; fp16 adds loss scaling)."
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step; batch_size stays the examples per step."
+    )
 
     @model_validator(mode="after")
     def _objective_fits_student(self) -> TrainConfig:
@@ -98,13 +113,18 @@ class TrainConfig(BaseModel):
             raise ValueError(f"objective '{self.objective}' needs a causal LM student (student.type: causal_lm)")
         if self.lora and not causal:
             raise ValueError("lora applies to causal_lm students only")
-        if causal and self.student.packing and self.objective == "token_kd":
-            raise ValueError("student.packing applies to objective 'sft' only (token KD keeps one sample per row)")
+        if causal and self.student.packing:
+            raise ValueError(
+                "student.packing is not supported: packed examples would attend to each other without a "
+                "per-example attention mask; batches are padded to their longest example instead"
+            )
         return self
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the weights: a checkpoint from another config is not resumed."""
-        settings = self.model_dump(mode="json", exclude={"output_dir", "resume", "checkpoint_every", "threads"})
+        settings = self.model_dump(
+            mode="json", exclude={"output_dir", "resume", "checkpoint_every", "threads", "device"}
+        )
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     @property

@@ -9,6 +9,7 @@ bytes it learned from.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True  # False in every process but the first under accelerate / torchrun
 
     @property
     def final_loss(self) -> float | None:
@@ -45,7 +47,8 @@ def train(config: TrainConfig) -> TrainResult:
     version = DatasetStore(config.store_root).resolve(config.dataset)  # verifies every file's sha256
     manifest_sha256 = version.manifest_sha256
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate / torchrun only the first process writes
+        output_dir.mkdir(parents=True, exist_ok=True)
     model_dir = output_dir / MODEL_SUBDIR
 
     if config.objective == "classifier_kd":
@@ -66,9 +69,14 @@ def train(config: TrainConfig) -> TrainResult:
         "steps": loop.steps,
         "resumed_from": loop.resumed_from,
         "final_loss": loop.final_loss,
+        "losses": loop.losses,
+        "train_seconds": round(loop.seconds, 3),
         "code_version": code_version(),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **details,
     }
-    (model_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-    return TrainResult(model_dir, version.ref, manifest_sha256, loop.steps, loop.losses, loop.resumed_from, details)
+    if loop.is_main:  # with several processes, the first one writes
+        (model_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    return TrainResult(
+        model_dir, version.ref, manifest_sha256, loop.steps, loop.losses, loop.resumed_from, details, loop.is_main
+    )

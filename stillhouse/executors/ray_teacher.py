@@ -145,6 +145,9 @@ class GenerationWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def describe(self) -> str | None:
+        return self.teacher.describe()
+
     async def generate(
         self, requests: list[TeacherRequest]
     ) -> tuple[list[Generation] | None, dict[str, Any], StillhouseError | None]:
@@ -164,6 +167,13 @@ class GenerationWorker:
 
 class RayTeacher(Teacher):
     """A `Teacher` whose requests are answered by `workers` GenerationWorker actors."""
+
+    def describe(self) -> str | None:
+        """The workers' teacher line (where token ids come from), once they have answered."""
+        import ray
+
+        line = ray.get(self.workers[0].describe.remote())
+        return f"{line} (on {len(self.workers)} Ray workers)" if line else None
 
     def __init__(
         self, config: TeacherConfig, cache_dir: Path | None, *, workers: int, max_retries: int, address: str
