@@ -1,0 +1,81 @@
+"""The lab's checkable task: addition and subtraction, bare or as a short word problem.
+
+Difficulty is graded by the number of digits of the larger operand (level 1..MAX_LEVEL).
+Every solution is one worked line and a last line `Final answer: N`, so any answer the
+teacher or a student writes can be checked exactly against the true value.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+MAX_LEVEL = 3
+NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jin", "Kai", "Lena", "Max", "Nia", "Omar"]
+ITEMS = ["apples", "books", "coins", "marbles", "pens", "shells", "stamps", "cards", "beads", "eggs"]
+GAINS = ["gets {b} more", "finds {b} more", "buys {b} more", "is given {b} more"]
+LOSSES = ["gives away {b}", "loses {b}", "sells {b}", "uses {b}"]
+FINAL_ANSWER = re.compile(r"Final answer:\s*(-?\d+)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    solution: str
+    answer: int
+    level: int
+    kind: str  # "add", "sub", "word_add", "word_sub"
+
+
+def _operands(rng: random.Random, level: int) -> tuple[int, int]:
+    """a has exactly `level` digits; b has 1..level digits."""
+    low = 0 if level == 1 else 10 ** (level - 1)
+    a = rng.randint(low, 10**level - 1)
+    b_digits = rng.randint(1, level)
+    b = rng.randint(0 if b_digits == 1 else 10 ** (b_digits - 1), 10**b_digits - 1)
+    return a, b
+
+
+def make_problem(rng: random.Random, level: int | None = None) -> Problem:
+    level = level or rng.randint(1, MAX_LEVEL)
+    a, b = _operands(rng, level)
+    kind = rng.choice(["add", "sub", "word_add", "word_sub"])
+    subtract = kind.endswith("sub")
+    if subtract and b > a:
+        a, b = b, a
+    answer = a - b if subtract else a + b
+    work = f"{a} {'-' if subtract else '+'} {b} = {answer}"
+    if kind in ("add", "sub"):
+        question = f"What is {a} {'-' if subtract else '+'} {b}?"
+        solution = f"{work}\nFinal answer: {answer}"
+    else:
+        name, item = rng.choice(NAMES), rng.choice(ITEMS)
+        change = rng.choice(LOSSES if subtract else GAINS).format(b=b)
+        question = f"{name} has {a} {item} and {change}. How many {item} does {name} have now?"
+        solution = f"{name} {'loses' if subtract else 'adds'} {b}: {work}\nFinal answer: {answer}"
+    return Problem(question, solution, answer, level, kind)
+
+
+def make_problems(count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Problem]:
+    """`count` problems with distinct questions, none of them in `exclude`, levels spread evenly."""
+    rng = random.Random(seed)
+    seen = set(exclude)
+    problems = []
+    while len(problems) < count:
+        problem = make_problem(rng, level=len(problems) % MAX_LEVEL + 1)
+        if problem.question not in seen:
+            seen.add(problem.question)
+            problems.append(problem)
+    rng.shuffle(problems)
+    return problems
+
+
+def extract_answer(text: str | None) -> int | None:
+    """The integer after the last `Final answer:`; None when there is none."""
+    found = FINAL_ANSWER.findall(text or "")
+    return int(found[-1]) if found else None
+
+
+def is_correct(text: str | None, answer: int) -> bool:
+    return extract_answer(text) == answer
