@@ -250,9 +250,13 @@ def _finetune_encoder(
     best = accuracy() if held_rows else 0.0
     best_state = copy.deepcopy((encoder.state_dict(), head.state_dict()))
     history, step, stale = [{"epoch": 0, "held_out_accuracy": best}], 0, 0
+    from tqdm.auto import tqdm
+
     for epoch in range(1, epochs + 1):
         encoder.train()
-        for batch in length_batches(lengths, batch_size, generator):
+        batches = length_batches(lengths, batch_size, generator)
+        # the longest silent step of a classifier run: a bar per epoch with its total and ETA
+        for batch in tqdm(batches, desc=f"teacher fine-tuning, epoch {epoch}/{epochs}", unit="batch", leave=False):
             rows = [train_rows[i] for i in batch]
             features = encoder.preprocess([texts[i] for i in rows])
             embeddings = encoder(features)["sentence_embedding"]
