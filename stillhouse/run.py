@@ -498,7 +498,10 @@ class Runner:
                 task_stage_names.append(task_config.type)
                 if rejected.height:
                     rejected_parts.append(rejected)
-                    self._log(f"task {task_config.type}: {rejected.height} rows dropped (kept for the audit)")
+                    # rows the prefilter dropped travel with the first task's output: count only this task's
+                    own = int((rejected["drop_stage"] == task_config.type).sum())
+                    if own:
+                        self._log(f"task {task_config.type}: {own} rows dropped (kept for the audit)")
             frame = pl.concat([records, *rejected_parts], how="diagonal_relaxed")
             curated, funnel, curated_fp = self.curation(frame, records_fp, task_stage_names)
             result.version = self.publish(curated, funnel, curated_fp)
