@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import time
 import urllib.request
@@ -22,19 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def start_server(latency: float, jitter: float, rps: float, burst: int) -> tuple[subprocess.Popen, str]:
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "fixtures" / "fake_openai_server.py"), "--latency", str(latency),
-         "--jitter", str(jitter), "--rate-limit-rps", str(rps), "--rate-limit-burst", str(burst),
-         "--lifetime", "900"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = server.stdout.readline().strip()
-    if not url.startswith("http"):
-        server.kill()
-        raise RuntimeError("fake server did not start")
-    return server, url
+from benchmarks.teacher_throughput import start_server  # noqa: E402
 
 
 def server_stats(url: str) -> dict:
@@ -45,7 +32,15 @@ def server_stats(url: str) -> dict:
 def run_one(concurrency: int | str, n: int, args: argparse.Namespace) -> dict:
     from factory.teachers import OpenAITeacherConfig, TeacherRequest, build_teacher
 
-    server, url = start_server(args.latency, args.jitter, args.rate_limit, args.burst)
+    options = (
+        "--jitter",
+        str(args.jitter),
+        "--rate-limit-rps",
+        str(args.rate_limit),
+        "--rate-limit-burst",
+        str(args.burst),
+    )
+    server, url = start_server(args.latency, *options)
     try:
         config = OpenAITeacherConfig(
             model="fake-model", base_url=url, concurrency=concurrency, cache=False, max_retries=args.max_retries

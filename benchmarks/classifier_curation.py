@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 import polars as pl  # noqa: E402
 
-from benchmarks.distill_classifier import console, label_with_teacher, publish_version, read_labelled  # noqa: E402
+from benchmarks.distill_classifier import console, label_with_teacher, load_splits, publish_version  # noqa: E402
 from curation.config import EntropyConfig  # noqa: E402
 from curation.pipeline import run_stages  # noqa: E402
 from curation.stages.entropy import Entropy  # noqa: E402
@@ -57,15 +57,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
 
-    read = dict(fmt=args.format, header=not args.no_header)
-    train_split = read_labelled(args.train, args.text_column, args.label_column, **read)
-    test_split = read_labelled(args.test, args.text_column, args.label_column, **read)
-    train_limit = args.train_limit or (2000 if args.quick else None)
-    test_limit = args.test_limit or (800 if args.quick else None)
-    if train_limit and train_limit < train_split.height:
-        train_split = train_split.sample(n=train_limit, seed=0, shuffle=True)
-    if test_limit and test_limit < test_split.height:
-        test_split = test_split.sample(n=test_limit, seed=0, shuffle=True)
+    train_split, test_split = load_splits(args)
     label_set = sorted(train_split["label"].unique().to_list())
     shuffled = train_split.sample(fraction=1.0, seed=1, shuffle=True)
     labelled, pool = shuffled.head(shuffled.height // 2), shuffled.tail(shuffled.height - shuffled.height // 2)

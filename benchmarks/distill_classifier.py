@@ -173,6 +173,20 @@ def transfer_set(train_texts: list[str], pool_texts: list[str], copies: int) -> 
     return originals + list(extra), [None] * len(originals) + [original_ids[i] for i in extra.values()]
 
 
+def load_splits(args: argparse.Namespace) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The train and test splits the command line names, sampled down to `--*-limit` (or the --quick sizes)."""
+    read = dict(fmt=args.format, header=not args.no_header)
+    train_split = read_labelled(args.train, args.text_column, args.label_column, **read)
+    test_split = read_labelled(args.test, args.text_column, args.label_column, **read)
+    train_limit = args.train_limit or (2000 if args.quick else None)
+    test_limit = args.test_limit or (800 if args.quick else None)
+    if train_limit and train_limit < train_split.height:
+        train_split = train_split.sample(n=train_limit, seed=0, shuffle=True)
+    if test_limit and test_limit < test_split.height:
+        test_split = test_split.sample(n=test_limit, seed=0, shuffle=True)
+    return train_split, test_split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=Path, required=True, help="labelled train file (CSV, TSV or JSONL)")
@@ -195,15 +209,8 @@ def main() -> None:
     parser.add_argument("--latency-examples", type=int, default=200)
     args = parser.parse_args()
 
+    train_split, test_split = load_splits(args)
     read = dict(fmt=args.format, header=not args.no_header)
-    train_split = read_labelled(args.train, args.text_column, args.label_column, **read)
-    test_split = read_labelled(args.test, args.text_column, args.label_column, **read)
-    train_limit = args.train_limit or (2000 if args.quick else None)
-    test_limit = args.test_limit or (800 if args.quick else None)
-    if train_limit and train_limit < train_split.height:
-        train_split = train_split.sample(n=train_limit, seed=0, shuffle=True)
-    if test_limit and test_limit < test_split.height:
-        test_split = test_split.sample(n=test_limit, seed=0, shuffle=True)
     label_set = sorted(train_split["label"].unique().to_list())
     pool = read_labelled(args.pool, args.text_column, None, **read)["text"].to_list() if args.pool else []
     work = args.work or Path(tempfile.mkdtemp(prefix="distill_classifier_"))

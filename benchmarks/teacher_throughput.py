@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
+def start_server(latency: float, *options: str) -> tuple[subprocess.Popen, str]:
+    """The fake OpenAI server in its own process (`options`: more of its flags); returns it and its URL."""
     server = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "fixtures" / "fake_openai_server.py"), "--latency", str(latency),
-         "--lifetime", "900"],
+         "--lifetime", "900", *options],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     url = server.stdout.readline().strip()

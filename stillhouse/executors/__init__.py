@@ -73,7 +73,7 @@ class LocalExecutor:
         return build_teacher(config, cache_dir=cache_dir)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: everything ran in this process."""
 
 
 def build_executor(config: LocalExecutorConfig | RayExecutorConfig | None) -> Executor:
