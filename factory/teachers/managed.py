@@ -175,13 +175,15 @@ class ManagedTeacher(Teacher):
                 await self.slots.acquire()
                 try:
                     generation, billed = await self._with_retries(request)
+                    # Stored before the slot frees: a process killed at any point loses at
+                    # most the answers of the requests it had in flight.
+                    self._record(keys[index], generation)
                 finally:
                     self.slots.release()
             finally:
                 if generation is not None:
                     billed = (generation.usage.prompt_tokens, generation.usage.completion_tokens)
                 await self.budget.settle(reservation, *billed)
-            self._record(keys[index], generation)
             results[index] = generation
             answered[0] += generation.ok
             progress.advance(1)
