@@ -203,16 +203,30 @@ def is_valid_origin(origin: str) -> bool:
 
 
 LABELS_METADATA_KEY = b"stillhouse.labels"
+HF_METADATA_KEY = b"huggingface"  # where `datasets` looks for a file's features
+LABEL_ID_COLUMN = "label_id"
 
 
 def with_label_metadata(table: pa.Table, label_set: list[str] | None) -> pa.Table:
-    """`table` whose schema metadata names the label set and the order of `label_probs`.
+    """`table` with a `label_id` column, and schema metadata naming the label set and the order of `label_probs`.
 
     A trainer reading the Parquet files alone (pyarrow, polars, `datasets`) then knows
     which class each soft-target position is, without the manifest. Index i of every
-    `label_probs` list is the probability of `label_set[i]`.
+    `label_probs` list is the probability of `label_set[i]`, and `label_id` is the index
+    of `label` in it. `label` stays a string (the record schema); `label_id` is what
+    `datasets.load_dataset("parquet", ...)` sees as a `ClassLabel` with the names, since
+    `datasets` takes a ClassLabel from file metadata only for an integer column.
     """
     if not label_set:
         return table
-    labels = json.dumps({"label_set": list(label_set), "label_probs_order": list(label_set)})
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), LABELS_METADATA_KEY: labels.encode()})
+    labels = list(label_set)
+    if LABEL_ID_COLUMN in table.column_names:  # a republished frame: recompute from `label`
+        table = table.drop_columns([LABEL_ID_COLUMN])
+    label_id = pa.compute.index_in(table.column("label"), value_set=pa.array(labels, pa.string())).cast(pa.int64())
+    table = table.append_column(pa.field(LABEL_ID_COLUMN, pa.int64()), label_id)
+    features = {LABEL_ID_COLUMN: {"names": labels, "_type": "ClassLabel"}}
+    metadata = {
+        LABELS_METADATA_KEY: json.dumps({"label_set": labels, "label_probs_order": labels}).encode(),
+        HF_METADATA_KEY: json.dumps({"info": {"features": features}}).encode(),
+    }
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
