@@ -303,3 +303,45 @@ def test_static_embedding_student_from_the_encoder(tmp_path, test_file):
     session = onnxruntime.InferenceSession(str(result.model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     (onnx_probs,) = session.run(["probs"], {"ids": model.featurizer.batch(texts).numpy()})
     np.testing.assert_allclose(onnx_probs, model.predict_proba(texts), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_path, test_file):
+    from factory.teachers.classifier import train_encoder_head
+    from trainer.classifier import build_student
+    from trainer.config import StaticEmbeddingStudent
+    from trainer.static_student import TeacherSpace
+
+    labelled = tickets(60, seed=7)
+    teacher_labels = sorted(LABELS)  # another order than the dataset's label set
+    assert teacher_labels != LABELS
+    teacher = train_encoder_head(
+        [t for t, _ in labelled], [lab for _, lab in labelled], tmp_path / "teacher", epochs=60, seed=0,
+        label_set=teacher_labels,
+    )  # fmt: skip
+    root = tmp_path / "store"
+    publish_tickets(root)
+    version = DatasetStore(root).resolve("tickets@latest")
+
+    student = StaticEmbeddingStudent(encoder=teacher, dim=32, val_fraction=0.2, match_epochs=5)
+    model, _, space = build_student(student, LABELS, version)
+    assert space is not None and space.dim == 384 and model.net.projection.out_features == 384
+    head = TeacherSpace.of(str(teacher))
+    for row, label in enumerate(LABELS):  # the teacher's head, its rows in the dataset's label order
+        torch.testing.assert_close(model.net.output.weight[row], head.weight[teacher_labels.index(label)])
+    off, _, no_space = build_student(student.model_copy(update={"match_teacher": "off"}), LABELS, version)
+    assert no_space is None and off.net.projection is None
+
+    result = train(small_config(root, tmp_path / "run", student=student, epochs=3))
+    matched = result.details["matched_teacher"]
+    assert matched["teacher_dim"] == 384 and 1 <= matched["epochs"] <= 5 and matched["held_out_cosine"] > 0.5
+    assert json.loads((result.model_dir / "config.json").read_text())["space_dim"] == 384
+    report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
+    assert report["student"]["macro_f1"] > 0.9
+    reloaded = BagClassifier.from_pretrained(result.model_dir)
+    texts = ["hello, my debit card is gone", "pin?"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(result.model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_probs,) = session.run(["probs"], {"ids": reloaded.featurizer.batch(texts).numpy()})
+    np.testing.assert_allclose(onnx_probs, reloaded.predict_proba(texts), atol=1e-5)

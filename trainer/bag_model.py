@@ -86,20 +86,36 @@ class Featurizer:
 
 
 class BagNet(nn.Module):
-    """Mean of the n-gram embeddings -> linear layer -> logits."""
+    """Mean of the n-gram embeddings -> linear layer -> logits.
 
-    def __init__(self, buckets: int, dim: int, n_labels: int) -> None:
+    With `space_dim`, the mean is first mapped into a teacher encoder's embedding space
+    (linear map, unit length) and the output layer is a head over that space: a student
+    trained to point where the teacher's sentence embeddings point can use the teacher's
+    own head (trainer/static_student.py).
+    """
+
+    def __init__(self, buckets: int, dim: int, n_labels: int, space_dim: int | None = None) -> None:
         super().__init__()
         self.embedding = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
-        self.output = nn.Linear(dim, n_labels)
+        self.projection = nn.Linear(dim, space_dim) if space_dim else None
+        self.output = nn.Linear(space_dim or dim, n_labels)
         nn.init.uniform_(self.embedding.weight, -1.0 / dim, 1.0 / dim)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def mean(self, ids: torch.Tensor) -> torch.Tensor:
         mask = (ids > 0).unsqueeze(-1).to(self.embedding.weight.dtype)
-        mean = (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.output(mean)
+        return (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """What the output layer reads: the mean, or its unit-length image in the teacher's space."""
+        mean = self.mean(ids)
+        if self.projection is None:
+            return mean
+        return nn.functional.normalize(self.projection(mean), dim=-1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(ids))
 
 
 class CalibratedProbs(nn.Module):
@@ -125,9 +141,11 @@ class BagClassifier:
         return cls(featurizer, BagNet(buckets, dim, len(labels)), labels)
 
     @classmethod
-    def from_static_embeddings(cls, labels: list[str], featurizer: Any, vectors: np.ndarray) -> BagClassifier:
+    def from_static_embeddings(
+        cls, labels: list[str], featurizer: Any, vectors: np.ndarray, space_dim: int | None = None
+    ) -> BagClassifier:
         """A student whose token embeddings start from `vectors` [vocab + 1, dim] (row 0: padding)."""
-        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels))
+        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels), space_dim)
         with torch.no_grad():
             net.embedding.weight.copy_(torch.from_numpy(vectors))
         return cls(featurizer, net, labels)
@@ -159,6 +177,7 @@ class BagClassifier:
             "vocab_size": self.net.embedding.num_embeddings,
             "dim": self.net.embedding.embedding_dim,
             "n_labels": len(self.labels),
+            "space_dim": self.net.projection.out_features if self.net.projection is not None else None,
             "temperature": self.temperature,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -183,7 +202,9 @@ class BagClassifier:
         else:
             featurizer = Featurizer(**config["featurizer"])
         labels = json.loads((directory / "labels.json").read_text(encoding="utf-8"))
-        net = BagNet(config.get("vocab_size", featurizer.vocab_size), config["dim"], config["n_labels"])
+        net = BagNet(
+            config.get("vocab_size", featurizer.vocab_size), config["dim"], config["n_labels"], config.get("space_dim")
+        )
         net.load_state_dict(load_file(str(directory / "model.safetensors")))
         net.eval()
         return cls(featurizer, net, labels, float(config["temperature"]))

@@ -13,7 +13,9 @@ copies are not the inputs the model will see), so nothing leaks from training in
 
 from __future__ import annotations
 
+import copy
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,14 @@ import torch
 from curation.store import DatasetVersion
 from factory.errors import StillhouseError
 from factory.teachers.classifier import fit_temperature
-from trainer.bag_model import BagClassifier
+from trainer.bag_model import BagClassifier, BagNet
 from trainer.config import HashedBagStudent, StaticEmbeddingStudent, TrainConfig
 from trainer.loop import LoopResult, epoch_order, run_loop, seed_everything
 from trainer.losses import classifier_kd_loss
+from trainer.static_student import TeacherSpace, TokenFeaturizer, distill_token_embeddings, teacher_encoder_path
+
+MATCH_LR = 3e-3  # Adam, matching the teacher's embeddings (quickstart: 1e-2 and 40 epochs overfit)
+HEAD_LR = 1e-3  # Adam, the matched student's head on the labels
 
 
 def classification_frame(version: DatasetVersion, needs_probs: bool) -> tuple[list[str], pl.DataFrame]:
@@ -85,23 +91,82 @@ def recorded_teacher(version: DatasetVersion) -> str | None:
 
 def build_student(
     student: HashedBagStudent | StaticEmbeddingStudent, labels: list[str], version: DatasetVersion
-) -> tuple[BagClassifier, str | None]:
-    """The untrained student and, for static embeddings, the encoder its vectors were distilled from."""
+) -> tuple[BagClassifier, str | None, TeacherSpace | None]:
+    """The untrained student, the encoder its static vectors were distilled from, and the
+    teacher space it will match (static students of a dataset an encoder_head teacher labelled)."""
     if isinstance(student, HashedBagStudent):
         model = BagClassifier.create(labels, student.buckets, student.dim, student.word_ngrams, student.char_ngrams)
-        return model, None
-    from trainer.static_student import TokenFeaturizer, distill_token_embeddings, teacher_encoder_path
-
-    encoder = teacher_encoder_path(str(student.encoder) if student.encoder else recorded_teacher(version))
+        return model, None, None
+    teacher = str(student.encoder) if student.encoder else recorded_teacher(version)
+    encoder = teacher_encoder_path(teacher)
+    space = TeacherSpace.of(teacher) if student.match_teacher == "auto" else None
+    head = space.head_for(labels) if space is not None else None
+    if head is None:
+        space = None
     tokenizer, vectors = distill_token_embeddings(encoder, student.dim)
-    return BagClassifier.from_static_embeddings(labels, TokenFeaturizer(tokenizer), vectors), str(encoder)
+    model = BagClassifier.from_static_embeddings(
+        labels, TokenFeaturizer(tokenizer), vectors, space.dim if space else None
+    )
+    if space is not None:
+        with torch.no_grad():
+            model.net.output.weight.copy_(head[0])
+            model.net.output.bias.copy_(head[1])
+    return model, str(encoder), space
+
+
+def match_teacher_space(
+    net: BagNet,
+    ids_for: Callable[[list[int]], torch.Tensor],
+    targets: torch.Tensor,
+    train_rows: list[int],
+    held_rows: list[int],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, float]:
+    """Train embeddings and projection so that the student's unit vector points where the teacher's does
+    (loss: 1 - cosine); keep the epoch with the lowest held-out loss (every epoch without held-out rows)."""
+    with torch.no_grad():  # start from the least-squares map of the averaged vectors onto the targets
+        means = net.mean(ids_for(train_rows))
+        design = torch.cat([means, torch.ones(len(train_rows), 1)], dim=1)
+        solution = torch.linalg.lstsq(design, targets[train_rows]).solution
+        net.projection.weight.copy_(solution[:-1].T)
+        net.projection.bias.copy_(solution[-1])
+    # sparse embedding gradients: SparseAdam touches only the tokens a batch has
+    sparse = torch.optim.SparseAdam(list(net.embedding.parameters()), lr=MATCH_LR)
+    dense = torch.optim.Adam(list(net.projection.parameters()), lr=MATCH_LR)
+
+    def loss_on(rows: list[int]) -> torch.Tensor:
+        return 1.0 - (net.features(ids_for(rows)) * targets[rows]).sum(-1).mean()
+
+    def held_loss() -> float:
+        with torch.no_grad():
+            return float(loss_on(held_rows)) if held_rows else 0.0
+
+    best, best_state, best_epoch = held_loss(), copy.deepcopy(net.state_dict()), 0
+    from tqdm.auto import tqdm
+
+    for epoch in tqdm(range(epochs), desc="student: matching the teacher's embeddings", unit="epoch", leave=False):
+        order = [train_rows[i] for i in epoch_order(len(train_rows), seed, epoch)]
+        for start in range(0, len(order), batch_size):
+            loss = loss_on(order[start : start + batch_size])
+            sparse.zero_grad()
+            dense.zero_grad()
+            loss.backward()
+            sparse.step()
+            dense.step()
+        current = held_loss()
+        if not held_rows or current < best:
+            best, best_state, best_epoch = current, copy.deepcopy(net.state_dict()), epoch + 1
+    net.load_state_dict(best_state)
+    return {"epochs": best_epoch, "held_out_cosine": 1.0 - best} if held_rows else {"epochs": best_epoch}
 
 
 def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Path) -> tuple[LoopResult, dict]:
     student = config.student
     seed_everything(config.seed)
     labels, frame = classification_frame(version, needs_probs=config.alpha > 0)
-    model, distilled_from = build_student(student, labels, version)
+    model, distilled_from, space = build_student(student, labels, version)
 
     features = model.featurizer.ids_list(frame["text"].to_list())
     hard = torch.tensor(frame["label_index"].to_numpy(), dtype=torch.long)
@@ -127,8 +192,20 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
             return torch.nn.functional.cross_entropy(logits, hard[rows])
         return classifier_kd_loss(logits, teacher, hard[rows], config.temperature, config.alpha)
 
-    # sparse embedding gradients: Adagrad updates only the n-grams a batch touched (fastText's trick)
-    optimizer = torch.optim.Adagrad(model.net.parameters(), lr=config.learning_rate)
+    matched = {}
+    if space is not None:
+        targets = space.embeddings(frame["text"].to_list())
+        matched = match_teacher_space(
+            model.net, ids_for, targets, train_rows, val_rows, student.match_epochs, config.batch_size, config.seed
+        )
+        # then only the head learns the dataset's labels (a reviewer's corrections among them): training
+        # the matched vectors on 12 probabilities a row undoes what 384 numbers a row taught them
+        optimizer = torch.optim.Adam(model.net.output.parameters(), lr=config.lr or HEAD_LR)
+        lr = config.lr or HEAD_LR
+    else:
+        # sparse embedding gradients: Adagrad updates only the n-grams a batch touched (fastText's trick)
+        optimizer = torch.optim.Adagrad(model.net.parameters(), lr=config.learning_rate)
+        lr = config.learning_rate
     with warnings.catch_warnings():  # Adagrad on sparse grads warns about skipped invariant checks
         warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
         result = run_loop(
@@ -137,7 +214,7 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
             batches_for_epoch,
             loss_fn,
             epochs=config.epochs,
-            lr=config.learning_rate,
+            lr=lr,
             output_dir=config.output_dir,
             checkpoint_every=config.checkpoint_every,
             resume=config.resume,
@@ -149,7 +226,9 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
     if val_rows:
         with torch.inference_mode():
             val_logits = model.net(ids_for(val_rows))
-        model.temperature = fit_temperature(val_logits, hard[val_rows])
+        # calibrated to the teacher's own probabilities where the dataset has them: the hard labels are
+        # the teacher's argmax, and fitting to them makes the student surer than the teacher ever was
+        model.temperature = fit_temperature(val_logits, soft[val_rows] if soft is not None else hard[val_rows])
         # how well the student follows the dataset's labels on rows it never saw (for choosing knobs)
         held_out = {
             "agreement": float((val_logits.argmax(-1) == hard[val_rows]).float().mean()),
@@ -165,6 +244,7 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
         "num_parameters": model.num_parameters,
         "student_type": student.type,
         "distilled_from": distilled_from,
+        "matched_teacher": {"teacher_dim": space.dim, **matched} if space is not None else None,
         "onnx": "model.onnx",
     }
     return result, details

@@ -61,6 +61,15 @@ class StaticEmbeddingStudent(BaseModel):
     val_fraction: float = Field(
         0.1, ge=0.0, lt=0.5, description="Rows held out to fit the calibration temperature (0: no calibration)."
     )
+    match_teacher: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: when an encoder_head classifier teacher labelled the dataset, first train the averaged "
+        "vectors to point where the teacher's sentence embeddings point on the dataset's texts and use the "
+        "teacher's own head, then train that head on the dataset's labels; off: KD on the labels alone.",
+    )
+    match_epochs: int = Field(
+        20, ge=1, description="Most epochs of matching the teacher's embeddings (stops early on the held-out rows)."
+    )
 
 
 StudentConfig = Annotated[Union[CausalLMStudent, HashedBagStudent, StaticEmbeddingStudent], Field(discriminator="type")]
