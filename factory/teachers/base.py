@@ -12,6 +12,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from factory.schema import canonical_json
@@ -47,7 +48,8 @@ class TeacherRequest:
 
     def _fields(self) -> dict[str, Any]:
         """The request as a dict; penalties only when set, so requests without them hash as before."""
-        fields = asdict(self)
+        # Shallow: `asdict` deep-copies the messages tuple, which the JSON encoder reads as is.
+        fields = {spec.name: getattr(self, spec.name) for spec in dataclass_fields(self)}
         for name in ("presence_penalty", "frequency_penalty"):
             if not fields[name]:
                 fields.pop(name)

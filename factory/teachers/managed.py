@@ -120,7 +120,8 @@ class ManagedTeacher(Teacher):
             await self._prepare()
             self._prepared = True
         results: list[Generation | None] = [None] * len(requests)
-        keys = [self.cache_key(request) for request in requests]
+        # Keys serve only the cache; without one, hashing every request is wasted CPU.
+        keys = [self.cache_key(request) if self.cache is not None else "" for request in requests]
         with _Progress(self.show_progress, len(requests), self.identity.model) as progress:
             if self.cache is not None:
                 hits = self.cache.get_many(sorted(set(keys)))
