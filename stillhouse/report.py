@@ -27,7 +27,7 @@ import polars as pl
 from curation.funnel import Funnel, reason_code
 from curation.store import DatasetVersion
 from factory.atomic import write_text_atomic
-from factory.schema import RECORD_SCHEMA
+from factory.schema import LABEL_ID_COLUMN, RECORD_SCHEMA
 from factory.secrets import redact_secrets
 
 PLOT_SAMPLE_ROWS = 20_000  # plots of bigger versions use a seeded sample of this many rows
@@ -301,7 +301,7 @@ def _distribution_columns(frame: pl.DataFrame) -> list[tuple[str, pl.Expr]]:
         columns.append(("response length (characters)", pl.col("response").str.len_chars()))
     if _has_values(frame, "label_probs"):
         columns.append(("teacher confidence (max label probability)", pl.col("label_probs").list.max()))
-    known = {field.name for field in RECORD_SCHEMA} | {"kept", "text", "dup_cluster"}
+    known = {field.name for field in RECORD_SCHEMA} | {"kept", "text", "dup_cluster", LABEL_ID_COLUMN}
     extras = [name for name in frame.columns if name not in known and name not in NAMED_SCORES]
     for name in [*NAMED_SCORES, *extras]:
         if _numeric(frame, name) and _has_values(frame, name):

@@ -249,3 +249,20 @@ def test_datasets_report_keeps_the_evaluation_the_run_reported(store, tmp_path, 
     assert code == 0, err
     page = (store.root / "tickets" / "reports" / "v1.html").read_text(encoding="utf-8")
     assert "<td>macro_f1</td><td>0.8</td><td>0.9</td>" in page
+
+
+def test_label_id_is_not_plotted_as_a_score():
+    from stillhouse.report import _distribution_columns
+
+    frame = pl.DataFrame(
+        {
+            "instruction": ["Classify."] * 3,
+            "input": ["a b", "c d e", "f"],
+            "label_probs": [[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]],
+            "label_id": [0, 1, 1],
+            "my_score": [0.1, 0.5, 0.9],
+        }
+    )
+    titles = [title for title, _ in _distribution_columns(frame)]
+    assert "my_score" in titles and "teacher confidence (max label probability)" in titles
+    assert "label_id" not in titles
