@@ -200,12 +200,12 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
         )
         # then only the head learns the dataset's labels (a reviewer's corrections among them): training
         # the matched vectors on 12 probabilities a row undoes what 384 numbers a row taught them
-        optimizer = torch.optim.Adam(model.net.output.parameters(), lr=config.lr or HEAD_LR)
         lr = config.lr or HEAD_LR
+        optimizer = torch.optim.Adam(model.net.output.parameters(), lr=lr)
     else:
         # sparse embedding gradients: Adagrad updates only the n-grams a batch touched (fastText's trick)
-        optimizer = torch.optim.Adagrad(model.net.parameters(), lr=config.learning_rate)
         lr = config.learning_rate
+        optimizer = torch.optim.Adagrad(model.net.parameters(), lr=lr)
     with warnings.catch_warnings():  # Adagrad on sparse grads warns about skipped invariant checks
         warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
         result = run_loop(

@@ -72,14 +72,10 @@ class TokenFeaturizer:
 
 def teacher_encoder_path(teacher_model: str | None) -> Path:
     """The sentence encoder inside a classifier teacher directory (encoder_head), else the default MiniLM."""
-    from factory.teachers.classifier import ENCODER_HEAD_CONFIG, default_encoder_path
+    from factory.teachers.classifier import ENCODER_HEAD_CONFIG, default_encoder_path, read_encoder_head
 
-    if teacher_model:
-        directory = Path(teacher_model)
-        meta_path = directory / ENCODER_HEAD_CONFIG
-        if meta_path.is_file():
-            encoder = Path(json.loads(meta_path.read_text(encoding="utf-8"))["encoder"])
-            return encoder if encoder.is_absolute() else directory / encoder
+    if teacher_model and (Path(teacher_model) / ENCODER_HEAD_CONFIG).is_file():
+        return read_encoder_head(Path(teacher_model)).encoder
     return default_encoder_path()
 
 
@@ -142,17 +138,11 @@ class TeacherSpace:
     """
 
     def __init__(self, directory: Path) -> None:
-        from safetensors.torch import load_file
+        from factory.teachers.classifier import read_encoder_head
 
-        from factory.teachers.classifier import ENCODER_HEAD_CONFIG, HEAD_FILE, LABELS_FILE
-
-        meta = json.loads((directory / ENCODER_HEAD_CONFIG).read_text(encoding="utf-8"))
-        encoder = Path(meta["encoder"])
-        self.encoder = encoder if encoder.is_absolute() else directory / encoder
-        self.normalize = bool(meta.get("normalize_embeddings", True))
-        self.labels: list[str] = json.loads((directory / LABELS_FILE).read_text(encoding="utf-8"))
-        head = load_file(str(directory / HEAD_FILE))
-        self.weight, self.bias = head["weight"], head["bias"]
+        files = read_encoder_head(directory)
+        self.encoder, self.normalize, self.labels = files.encoder, files.normalize, files.labels
+        self.weight, self.bias = files.head["weight"], files.head["bias"]
 
     @classmethod
     def of(cls, teacher_model: str | None) -> TeacherSpace | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,31 @@ from factory.teachers.managed import ManagedTeacher
 HEAD_FILE = "head.safetensors"
 LABELS_FILE = "labels.json"
 ENCODER_HEAD_CONFIG = "encoder_head.json"
+
+
+@dataclass(frozen=True)
+class EncoderHeadFiles:
+    """What an `encoder_head` teacher directory holds: its encoder's path, whether embeddings
+    are unit length before the head, the class names and the head's weights."""
+
+    encoder: Path
+    normalize: bool
+    labels: list[str]
+    head: dict[str, Any]  # "weight" [labels, dim], "bias" [labels]
+
+
+def read_encoder_head(directory: Path) -> EncoderHeadFiles:
+    """The one reader of an `encoder_head` directory (a relative encoder path is inside it)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((directory / ENCODER_HEAD_CONFIG).read_text(encoding="utf-8"))
+    encoder = Path(meta["encoder"])
+    return EncoderHeadFiles(
+        encoder=encoder if encoder.is_absolute() else directory / encoder,
+        normalize=bool(meta.get("normalize_embeddings", True)),
+        labels=json.loads((directory / LABELS_FILE).read_text(encoding="utf-8")),
+        head=load_file(str(directory / HEAD_FILE)),
+    )
 
 
 def default_encoder_path() -> Path:
@@ -305,20 +331,17 @@ class ClassifierTeacher(ManagedTeacher):
             id2label = self._model.config.id2label
             labels = [str(id2label[i]) for i in range(self._model.config.num_labels)]
         else:
-            from safetensors.torch import load_file
-
             directory = require_model_dir(
                 config.model, "encoder_head", needs=(HEAD_FILE, LABELS_FILE, ENCODER_HEAD_CONFIG)
             )
-            meta = json.loads((directory / ENCODER_HEAD_CONFIG).read_text())
-            labels = json.loads((directory / LABELS_FILE).read_text())
-            weights = load_file(str(directory / HEAD_FILE))
+            files = read_encoder_head(directory)
+            labels = files.labels
+            weights = files.head
             self._head = torch.nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0])
             self._head.load_state_dict(weights)
             self._head.to(self.device).eval()
-            self._normalize = bool(meta.get("normalize_embeddings", True))
-            encoder = Path(meta["encoder"])
-            self._encoder = load_encoder(encoder if encoder.is_absolute() else directory / encoder, self.device)
+            self._normalize = files.normalize
+            self._encoder = load_encoder(files.encoder, self.device)
             self._tokenizer = self._encoder.tokenizer
         self.directory = directory
         self.labels = tuple(labels)

@@ -243,7 +243,7 @@ class OpenAITeacher(ManagedTeacher):
         try:
             response = await http.send(sent)
         except Exception as error:  # noqa: BLE001 - mapped as the SDK maps it
-            if any(cls.__name__ == "TimeoutException" for cls in type(error).__mro__):
+            if isinstance(error, httpx.TimeoutException):
                 raise openai.APITimeoutError(request=sent) from error
             raise openai.APIConnectionError(request=sent) from error
         if response.status_code >= 400:
