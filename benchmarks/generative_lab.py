@@ -72,9 +72,7 @@ SIZES = {
     "full": LabSize(seeds=2000, eval=600, student_steps=400, student_seeds=3),
     "quick": LabSize(seeds=300, eval=300, student_steps=150, student_seeds=1),
     # the test's end-to-end run: a briefly trained teacher, a handful of student steps
-    "smoke": LabSize(
-        seeds=40, eval=40, student_steps=4, student_seeds=3, teacher=TeacherSettings(steps=150, more_steps=0)
-    ),
+    "smoke": LabSize(seeds=40, eval=40, student_steps=4, student_seeds=3, teacher=TeacherSettings(steps=150)),
 }
 
 

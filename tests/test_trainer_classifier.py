@@ -345,3 +345,18 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     session = onnxruntime.InferenceSession(str(result.model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     (onnx_probs,) = session.run(["probs"], {"ids": reloaded.featurizer.batch(texts).numpy()})
     np.testing.assert_allclose(onnx_probs, reloaded.predict_proba(texts), atol=1e-5)
+
+
+def test_a_recorded_teacher_missing_from_here_is_named_not_silently_skipped(tmp_path, monkeypatch, capsys):
+    import trainer.classifier as classifier
+    from trainer.config import StaticEmbeddingStudent
+
+    root = tmp_path / "store"
+    publish_tickets(root)
+    version = DatasetStore(root).resolve("tickets@latest")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(classifier, "recorded_teacher", lambda _version: "runs/quickstart/teacher")
+    model, encoder, space = classifier.build_student(StaticEmbeddingStudent(dim=32), LABELS, version)
+    assert space is None and model.net.projection is None
+    line = capsys.readouterr().err
+    assert "runs/quickstart/teacher, which is not found from" in line and "student.encoder" in line

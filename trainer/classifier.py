@@ -14,6 +14,7 @@ copies are not the inputs the model will see), so nothing leaks from training in
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,15 @@ def build_student(
         model = BagClassifier.create(labels, student.buckets, student.dim, student.word_ngrams, student.char_ngrams)
         return model, None, None
     teacher = str(student.encoder) if student.encoder else recorded_teacher(version)
+    if teacher and not Path(teacher).exists():
+        # a relative teacher path recorded by a run resolves from that run's directory only
+        print(
+            f"student: {version.ref} was labelled by {teacher}, which is not found from {Path.cwd()}; the static "
+            f"vectors come from the offline MiniLM and the student learns the labels alone (set student.encoder "
+            f"to the teacher's directory to match it)",
+            file=sys.stderr,
+        )
+        teacher = None
     encoder = teacher_encoder_path(teacher)
     space = TeacherSpace.of(teacher) if student.match_teacher == "auto" else None
     head = space.head_for(labels) if space is not None else None

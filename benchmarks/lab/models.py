@@ -186,7 +186,7 @@ def greedy_solutions(model: Any, tokenizer: Any, questions: list[str], batch_siz
         output = model.generate(
             **encoded,
             do_sample=False,
-            max_new_tokens=48,
+            max_new_tokens=72,  # the longest solution is 59 tokens + eos
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )

@@ -52,7 +52,7 @@ class PipelineSettings:
     samples: int = 5
     temperature: float = 0.8
     top_logprobs: int = 20
-    max_tokens: int = 48
+    max_tokens: int = 72  # the longest solution is 59 tokens + eos
     backend: str = "vllm"  # vllm (in-process engine), openai (vLLM's OpenAI server), transformers
 
 

