@@ -15,6 +15,7 @@
    held-out questions that neither the teacher's training nor the pipeline saw.
 
     python benchmarks/generative_lab.py [--quick] [--work DIR] [--backend auto|vllm|openai|transformers]
+        [--student-steps N]
 
 Ends with one line: RESULT teacher_acc=... single_sample_acc=... majority_acc=... base_error=...
 entropy_drop_error=... consistency_drop_error=... kept_acc=... sft_acc=... kd_acc=... kd_t2_acc=...
@@ -96,6 +97,7 @@ def main() -> None:
         help="how the pipeline serves the teacher; auto: in-process vLLM, transformers where vllm is absent",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    parser.add_argument("--student-steps", type=int, default=None, help="steps per student [default: by size]")
     args = parser.parse_args()
     size = SIZES[args.size or ("quick" if args.quick else "full")]
     torch.set_num_threads(args.threads)
@@ -135,7 +137,8 @@ def main() -> None:
     console.print(f"pipeline: done ({time.time() - started:.0f}s)")
 
     # 3. the students
-    student_settings = StudentSettings(steps=size.student_steps, seeds=tuple(range(size.student_seeds)))
+    steps = args.student_steps or size.student_steps
+    student_settings = StudentSettings(steps=steps, seeds=tuple(range(size.student_seeds)))
     scores = run_students(work, refs, tokenizer, eval_problems, student_settings)
     means = {key: statistics.mean(values) for key, values in scores.items()}
 
@@ -168,7 +171,11 @@ def main() -> None:
             if teacher_acc
             else spread(scores[objective.key]),
         )
-    table.add_row("student / teacher parameters", f"{student_params / teacher_params:.3f}", f"{student_params:,}")
+    table.add_row(
+        "student / teacher parameters",
+        f"{student_params / teacher_params:.3f}",
+        f"{student_params:,}; {steps} steps x {student_settings.batch_size} each",
+    )
     console.print(table)
     console.print(f"total {time.time() - started:.0f}s")
 
