@@ -99,7 +99,7 @@ def build_student(
         model = BagClassifier.create(labels, student.buckets, student.dim, student.word_ngrams, student.char_ngrams)
         return model, None, None
     teacher = str(student.encoder) if student.encoder else recorded_teacher(version)
-    if teacher and not Path(teacher).exists():
+    if not student.encoder and teacher and not Path(teacher).exists():
         # a relative teacher path recorded by a run resolves from that run's directory only
         print(
             f"student: {version.ref} was labelled by {teacher}, which is not found from {Path.cwd()}; the static "

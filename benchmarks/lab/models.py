@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.lab.task import Problem, is_correct, make_problem
+from benchmarks.lab.task import MAX_SOLUTION_TOKENS, Problem, is_correct, make_problem
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -186,7 +186,7 @@ def greedy_solutions(model: Any, tokenizer: Any, questions: list[str], batch_siz
         output = model.generate(
             **encoded,
             do_sample=False,
-            max_new_tokens=72,  # the longest solution is 59 tokens + eos
+            max_new_tokens=MAX_SOLUTION_TOKENS,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )

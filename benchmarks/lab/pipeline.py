@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from benchmarks.lab.task import Problem, extract_answer
+from benchmarks.lab.task import MAX_SOLUTION_TOKENS, Problem, extract_answer
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_NAME = "lab"
@@ -52,7 +52,7 @@ class PipelineSettings:
     samples: int = 5
     temperature: float = 0.8
     top_logprobs: int = 20
-    max_tokens: int = 72  # the longest solution is 59 tokens + eos
+    max_tokens: int = MAX_SOLUTION_TOKENS
     backend: str = "vllm"  # vllm (in-process engine), openai (vLLM's OpenAI server), transformers
 
 

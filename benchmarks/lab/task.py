@@ -5,8 +5,8 @@ Every solution is one worked line (the column sums from the units up, with carri
 borrows, then the whole sum) and a last line `Final answer: N`, so any answer the
 teacher or a student writes can be checked exactly against the true value. The column
 work is what a small model can learn in minutes: with the bare line `a + b = N` the
-same teacher and 3,000 steps reached 0.66 exact match (3-digit: 0.32); with the
-columns, 0.89 (3-digit: 0.68), on 150 validation problems.
+same teacher and 3,000 steps reached 0.66 exact match on 150 validation problems
+(3-digit: 0.32); with the columns, 0.960 on the 600 scoring questions.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ ITEMS = ["apples", "books", "coins", "marbles", "pens", "shells", "stamps", "car
 GAINS = ["gets {b} more", "finds {b} more", "buys {b} more", "is given {b} more"]
 LOSSES = ["gives away {b}", "loses {b}", "sells {b}", "uses {b}"]
 TASK_VERSION = 2  # part of the teacher cache key: 2 = the column work in every solution
+# Generation budget for one solution (teacher sampling and greedy scoring): the longest is
+# 59 tokens of the lab tokenizer, plus eos.
+MAX_SOLUTION_TOKENS = 72
 FINAL_ANSWER = re.compile(r"Final answer:\s*(-?\d+)")
 
 

@@ -63,15 +63,17 @@ def cached_teacher(work: Path, settings: TeacherSettings, held_out: list[Problem
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = build_tokenizer(tokenizer_corpus(settings.seed))
     model = build_model(tokenizer, TEACHER_SIZE, seed=settings.seed)
-    steps = settings.steps
-    print(f"teacher: training {parameter_count(model):,} parameters, {steps} steps x {settings.batch_size}", flush=True)
+    print(
+        f"teacher: training {parameter_count(model):,} parameters, {settings.steps} steps x {settings.batch_size}",
+        flush=True,
+    )
     # a progress monitor only: the teacher trains on none of these either
     validation = make_problems(96, seed=settings.seed + 7, exclude={p.question for p in held_out})
     started = time.time()
     losses = train_teacher(
         model,
         tokenizer,
-        steps=steps,
+        steps=settings.steps,
         batch_size=settings.batch_size,
         lr=settings.lr,
         exclude={p.question for p in held_out + validation},
