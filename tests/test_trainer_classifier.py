@@ -335,7 +335,8 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     result = train(small_config(root, tmp_path / "run", student=student, epochs=3))
     matched = result.details["matched_teacher"]
     assert matched["teacher_dim"] == 384 and 1 <= matched["epochs"] <= 5 and matched["held_out_cosine"] > 0.5
-    assert json.loads((result.model_dir / "config.json").read_text())["space_dim"] == 384
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    assert saved["space_dim"] == 384 and saved["hidden"] == student.hidden > 0
     report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
     assert report["student"]["macro_f1"] > 0.9
     reloaded = BagClassifier.from_pretrained(result.model_dir)
@@ -345,6 +346,8 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     session = onnxruntime.InferenceSession(str(result.model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     (onnx_probs,) = session.run(["probs"], {"ids": reloaded.featurizer.batch(texts).numpy()})
     np.testing.assert_allclose(onnx_probs, reloaded.predict_proba(texts), atol=1e-5)
+    # the residual MLP was trained (it starts at zero) and came back with the model
+    assert reloaded.net.residual is not None and float(reloaded.net.residual[2].weight.abs().max()) > 0
 
 
 def test_a_recorded_teacher_missing_from_here_is_named_not_silently_skipped(tmp_path, monkeypatch, capsys):
@@ -360,3 +363,33 @@ def test_a_recorded_teacher_missing_from_here_is_named_not_silently_skipped(tmp_
     assert space is None and model.net.projection is None
     line = capsys.readouterr().err
     assert "runs/quickstart/teacher, which is not found from" in line and "student.encoder" in line
+
+
+def test_matching_starts_from_a_map_that_generalises_when_rows_barely_outnumber_unknowns():
+    """20 training rows for 17 unknowns per target dimension, targets not exactly linear in the mean (as
+    a teacher's are not): plain least squares all but interpolates them, the ridge start generalises."""
+    from trainer.bag_model import BagNet
+    from trainer.classifier import match_teacher_space
+
+    generator = torch.Generator().manual_seed(0)
+    vocab, dim, space = 200, 16, 8
+    net = BagNet(vocab, dim, n_labels=3, space_dim=space)
+    with torch.no_grad():
+        net.embedding.weight[1:] = torch.randn(vocab - 1, dim, generator=generator)
+    ids = torch.randint(1, vocab, (60, 10), generator=generator)
+    true_map = torch.randn(dim, space, generator=generator)
+    with torch.no_grad():
+        noise = 0.5 * torch.randn(60, space, generator=generator)
+        targets = torch.nn.functional.normalize(net.mean(ids) @ true_map + noise, dim=-1)
+    train_rows, held_rows = list(range(20)), list(range(20, 60))
+    start = match_teacher_space(net, lambda rows: ids[rows], targets, train_rows, held_rows, 0, 4, 0)
+
+    with torch.no_grad():  # what the plain least-squares start would have given
+        design = torch.cat([net.mean(ids[train_rows]), torch.ones(20, 1)], dim=1)
+        solution = torch.linalg.lstsq(design, targets[train_rows]).solution
+        plain = torch.nn.functional.normalize(
+            torch.cat([net.mean(ids[held_rows]), torch.ones(40, 1)], dim=1) @ solution, dim=-1
+        )
+        plain_cosine = float((plain * targets[held_rows]).sum(-1).mean())
+    assert start["epochs"] == 0
+    assert start["held_out_cosine"] > plain_cosine + 0.1

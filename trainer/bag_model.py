@@ -89,19 +89,27 @@ class BagNet(nn.Module):
     """Mean of the n-gram embeddings -> linear layer -> logits.
 
     With `space_dim`, the mean is first mapped into a teacher encoder's embedding space
-    (linear map, unit length) and the output layer is a head over that space: a student
-    trained to point where the teacher's sentence embeddings point can use the teacher's
-    own head (trainer/static_student.py).
+    (a linear map plus, with `hidden`, a residual one-hidden-layer MLP; unit length) and the
+    output layer is a head over that space: a student trained to point where the teacher's
+    sentence embeddings point can use the teacher's own head (trainer/static_student.py).
     """
 
-    def __init__(self, buckets: int, dim: int, n_labels: int, space_dim: int | None = None) -> None:
+    def __init__(self, buckets: int, dim: int, n_labels: int, space_dim: int | None = None, hidden: int = 0) -> None:
         super().__init__()
         self.embedding = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
         self.projection = nn.Linear(dim, space_dim) if space_dim else None
+        self.residual = (
+            nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, space_dim))
+            if space_dim and hidden
+            else None
+        )
         self.output = nn.Linear(space_dim or dim, n_labels)
         nn.init.uniform_(self.embedding.weight, -1.0 / dim, 1.0 / dim)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
+            if self.residual is not None:  # starts as the linear map alone
+                self.residual[2].weight.zero_()
+                self.residual[2].bias.zero_()
 
     def mean(self, ids: torch.Tensor) -> torch.Tensor:
         mask = (ids > 0).unsqueeze(-1).to(self.embedding.weight.dtype)
@@ -112,7 +120,15 @@ class BagNet(nn.Module):
         mean = self.mean(ids)
         if self.projection is None:
             return mean
-        return nn.functional.normalize(self.projection(mean), dim=-1)
+        mapped = self.projection(mean)
+        if self.residual is not None:
+            mapped = mapped + self.residual(mean)
+        return nn.functional.normalize(mapped, dim=-1)
+
+    def space_parameters(self) -> list[nn.Parameter]:
+        """The dense parameters of the map into the teacher's space (empty without one)."""
+        modules = [m for m in (self.projection, self.residual) if m is not None]
+        return [p for module in modules for p in module.parameters()]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.output(self.features(ids))
@@ -142,10 +158,10 @@ class BagClassifier:
 
     @classmethod
     def from_static_embeddings(
-        cls, labels: list[str], featurizer: Any, vectors: np.ndarray, space_dim: int | None = None
+        cls, labels: list[str], featurizer: Any, vectors: np.ndarray, space_dim: int | None = None, hidden: int = 0
     ) -> BagClassifier:
         """A student whose token embeddings start from `vectors` [vocab + 1, dim] (row 0: padding)."""
-        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels), space_dim)
+        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels), space_dim, hidden)
         with torch.no_grad():
             net.embedding.weight.copy_(torch.from_numpy(vectors))
         return cls(featurizer, net, labels)
@@ -178,6 +194,7 @@ class BagClassifier:
             "dim": self.net.embedding.embedding_dim,
             "n_labels": len(self.labels),
             "space_dim": self.net.projection.out_features if self.net.projection is not None else None,
+            "hidden": self.net.residual[0].out_features if self.net.residual is not None else 0,
             "temperature": self.temperature,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -203,7 +220,11 @@ class BagClassifier:
             featurizer = Featurizer(**config["featurizer"])
         labels = json.loads((directory / "labels.json").read_text(encoding="utf-8"))
         net = BagNet(
-            config.get("vocab_size", featurizer.vocab_size), config["dim"], config["n_labels"], config.get("space_dim")
+            config.get("vocab_size", featurizer.vocab_size),
+            config["dim"],
+            config["n_labels"],
+            config.get("space_dim"),
+            config.get("hidden", 0),
         )
         net.load_state_dict(load_file(str(directory / "model.safetensors")))
         net.eval()

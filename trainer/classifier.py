@@ -34,6 +34,10 @@ from trainer.static_student import TeacherSpace, TokenFeaturizer, distill_token_
 
 MATCH_LR = 3e-3  # Adam, matching the teacher's embeddings (quickstart: 1e-2 and 40 epochs overfit)
 HEAD_LR = 1e-3  # Adam, the matched student's head on the labels
+# Ridge penalty of the map that starts matching. Plain least squares nearly interpolates a small
+# transfer set (257 unknowns per target dimension): on 352 quickstart rows it started matching at
+# macro-F1 0.43 and ended at 0.67; with this penalty 0.74 and 0.78. On 1,000+ rows it changes nothing.
+MATCH_INIT_RIDGE = 1.0
 
 
 def classification_frame(version: DatasetVersion, needs_probs: bool) -> tuple[list[str], pl.DataFrame]:
@@ -115,7 +119,7 @@ def build_student(
         space = None
     tokenizer, vectors = distill_token_embeddings(encoder, student.dim)
     model = BagClassifier.from_static_embeddings(
-        labels, TokenFeaturizer(tokenizer), vectors, space.dim if space else None
+        labels, TokenFeaturizer(tokenizer), vectors, space.dim if space else None, student.hidden
     )
     if space is not None:
         with torch.no_grad():
@@ -134,17 +138,20 @@ def match_teacher_space(
     batch_size: int,
     seed: int,
 ) -> dict[str, float]:
-    """Train embeddings and projection so that the student's unit vector points where the teacher's does
-    (loss: 1 - cosine); keep the epoch with the lowest held-out loss (every epoch without held-out rows)."""
-    with torch.no_grad():  # start from the least-squares map of the averaged vectors onto the targets
+    """Train embeddings and the map into the teacher's space so that the student's unit vector points where
+    the teacher's does (loss: 1 - cosine); keep the epoch with the lowest held-out loss (every epoch without
+    held-out rows)."""
+    with torch.no_grad():  # start from the ridge map of the averaged vectors onto the targets
         means = net.mean(ids_for(train_rows))
         design = torch.cat([means, torch.ones(len(train_rows), 1)], dim=1)
-        solution = torch.linalg.lstsq(design, targets[train_rows]).solution
+        penalty = MATCH_INIT_RIDGE * torch.eye(design.shape[1])
+        penalty[-1, -1] = 0.0  # the bias is not shrunk
+        solution = torch.linalg.solve(design.T @ design + penalty, design.T @ targets[train_rows])
         net.projection.weight.copy_(solution[:-1].T)
         net.projection.bias.copy_(solution[-1])
     # sparse embedding gradients: SparseAdam touches only the tokens a batch has
     sparse = torch.optim.SparseAdam(list(net.embedding.parameters()), lr=MATCH_LR)
-    dense = torch.optim.Adam(list(net.projection.parameters()), lr=MATCH_LR)
+    dense = torch.optim.Adam(net.space_parameters(), lr=MATCH_LR)
 
     def loss_on(rows: list[int]) -> torch.Tensor:
         return 1.0 - (net.features(ids_for(rows)) * targets[rows]).sum(-1).mean()

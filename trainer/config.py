@@ -67,6 +67,12 @@ class StaticEmbeddingStudent(BaseModel):
         "vectors to point where the teacher's sentence embeddings point on the dataset's texts and use the "
         "teacher's own head, then train that head on the dataset's labels; off: KD on the labels alone.",
     )
+    hidden: int = Field(
+        512,
+        ge=0,
+        description="Width of a residual one-hidden-layer MLP (GELU) added to the linear map into the teacher's "
+        "space, for matched students (0: the linear map alone).",
+    )
     match_epochs: int = Field(
         20, ge=1, description="Most epochs of matching the teacher's embeddings (stops early on the held-out rows)."
     )
