@@ -129,3 +129,22 @@ def test_finetune_auto_picks_full_only_with_enough_examples():
     assert resolve_finetune("auto", FULL_FINETUNE_MIN_EXAMPLES - 1) == "head"
     assert resolve_finetune("auto", FULL_FINETUNE_MIN_EXAMPLES) == "full"
     assert resolve_finetune("head", 10**6) == "head" and resolve_finetune("full", 10) == "full"
+
+
+def test_a_head_teacher_with_too_few_rows_to_hold_out_is_calibrated_on_cross_fitted_logits(tmp_path):
+    """36 examples, none held out: the temperature comes from logits of heads that never saw the row. With
+    labels that follow the text it stays near 1; with shuffled labels the out-of-fold logits are confidently
+    wrong and it grows, which the head's own (training) logits could never show."""
+    import random
+
+    openers = ("hi,", "hello", "please help:")
+    texts = [f"{opener} {text}" for opener in openers for label in TEXTS for text in TEXTS[label]]
+    labels = [label for _ in range(3) for label in TEXTS for _ in TEXTS[label]]
+    honest = train_encoder_head(texts, labels, tmp_path / "honest", epochs=60, seed=0, finetune="head")
+    shuffled = labels[:]
+    random.Random(0).shuffle(shuffled)
+    noisy = train_encoder_head(texts, shuffled, tmp_path / "noisy", epochs=60, seed=0, finetune="head")
+    honest_meta = json.loads((honest / "encoder_head.json").read_text())
+    noisy_meta = json.loads((noisy / "encoder_head.json").read_text())
+    assert honest_meta["held_out"] == 0 and honest_meta["calibrated_on"] == "5-fold cross-fitting"
+    assert noisy_meta["calibration_temperature"] > 2 * honest_meta["calibration_temperature"]

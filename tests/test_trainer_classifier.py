@@ -393,3 +393,26 @@ def test_matching_starts_from_a_map_that_generalises_when_rows_barely_outnumber_
         plain_cosine = float((plain * targets[held_rows]).sum(-1).mean())
     assert start["epochs"] == 0
     assert start["held_out_cosine"] > plain_cosine + 0.1
+
+
+def test_a_matched_student_is_calibrated_to_its_teacher_at_the_teacher_s_own_temperature(tmp_path):
+    """The labels were written at T = 1; a teacher whose held-out rows call for T = 4 is less sure than
+    those probabilities say, and the student it teaches must be calibrated to that, not to T = 1."""
+    from factory.teachers.classifier import train_encoder_head
+    from trainer.config import StaticEmbeddingStudent
+
+    labelled = tickets(60, seed=7)
+    teacher = train_encoder_head([t for t, _ in labelled], [lab for _, lab in labelled], tmp_path / "t1", epochs=60)
+    meta = json.loads((teacher / "encoder_head.json").read_text())
+    hot = tmp_path / "t4"
+    shutil.copytree(teacher, hot)
+    (hot / "encoder_head.json").write_text(json.dumps({**meta, "calibration_temperature": 4.0}))
+    (teacher / "encoder_head.json").write_text(json.dumps({**meta, "calibration_temperature": 1.0}))
+    root = tmp_path / "store"
+    publish_tickets(root)
+    temperatures = {}
+    for name, directory in (("t1", teacher), ("t4", hot)):
+        student = StaticEmbeddingStudent(encoder=directory, dim=32, val_fraction=0.2, match_epochs=5)
+        result = train(small_config(root, tmp_path / f"run-{name}", student=student, epochs=3))
+        temperatures[name] = result.details["calibration_temperature"]
+    assert temperatures["t4"] > 2 * temperatures["t1"]

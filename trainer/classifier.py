@@ -244,8 +244,14 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
         with torch.inference_mode():
             val_logits = model.net(ids_for(val_rows))
         # calibrated to the teacher's own probabilities where the dataset has them: the hard labels are
-        # the teacher's argmax, and fitting to them makes the student surer than the teacher ever was
-        model.temperature = fit_temperature(val_logits, soft[val_rows] if soft is not None else hard[val_rows])
+        # the teacher's argmax, and fitting to them makes the student surer than the teacher ever was.
+        # A matched student has the teacher's head and embeddings, so it fits to the teacher's
+        # calibrated probabilities rather than to the ones it labelled with (SST-2: T = 2.65 for the teacher).
+        if space is not None:
+            calibration_target = space.calibrated_probs(targets[val_rows], labels)
+        else:
+            calibration_target = soft[val_rows] if soft is not None else hard[val_rows]
+        model.temperature = fit_temperature(val_logits, calibration_target)
         # how well the student follows the dataset's labels on rows it never saw (for choosing knobs)
         held_out = {
             "agreement": float((val_logits.argmax(-1) == hard[val_rows]).float().mean()),

@@ -143,6 +143,7 @@ class TeacherSpace:
         files = read_encoder_head(directory)
         self.encoder, self.normalize, self.labels = files.encoder, files.normalize, files.labels
         self.weight, self.bias = files.head["weight"], files.head["bias"]
+        self.temperature = float(files.calibration_temperature or 1.0)
 
     @classmethod
     def of(cls, teacher_model: str | None) -> TeacherSpace | None:
@@ -167,6 +168,11 @@ class TeacherSpace:
             return None
         order = [self.labels.index(label) for label in labels]
         return self.weight[order].clone(), self.bias[order].clone()
+
+    def calibrated_probs(self, embeddings: torch.Tensor, labels: list[str]) -> torch.Tensor:
+        """The teacher's probabilities at its own calibration temperature, classes in `labels` order."""
+        weight, bias = self.head_for(labels)
+        return torch.softmax((embeddings @ weight.T + bias) / self.temperature, dim=-1)
 
     def embeddings(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """The teacher's sentence embedding of every text, unit length: [len(texts), dim]."""

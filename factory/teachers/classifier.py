@@ -33,12 +33,14 @@ ENCODER_HEAD_CONFIG = "encoder_head.json"
 @dataclass(frozen=True)
 class EncoderHeadFiles:
     """What an `encoder_head` teacher directory holds: its encoder's path, whether embeddings
-    are unit length before the head, the class names and the head's weights."""
+    are unit length before the head, the class names, the head's weights and the calibration
+    temperature fitted on held-out training rows (None when there were too few)."""
 
     encoder: Path
     normalize: bool
     labels: list[str]
     head: dict[str, Any]  # "weight" [labels, dim], "bias" [labels]
+    calibration_temperature: float | None = None
 
 
 def read_encoder_head(directory: Path) -> EncoderHeadFiles:
@@ -52,6 +54,7 @@ def read_encoder_head(directory: Path) -> EncoderHeadFiles:
         normalize=bool(meta.get("normalize_embeddings", True)),
         labels=json.loads((directory / LABELS_FILE).read_text(encoding="utf-8")),
         head=load_file(str(directory / HEAD_FILE)),
+        calibration_temperature=meta.get("calibration_temperature"),
     )
 
 
@@ -76,6 +79,9 @@ FULL_FINETUNE_MIN_EXAMPLES = 1000
 # Rows held out (when there are at least MIN_HELD_OUT_SOURCE) for early stopping and calibration.
 HELD_OUT_FRACTION = 0.1
 MIN_HELD_OUT_SOURCE = 200
+# Below that, a head-only teacher's calibration temperature comes from cross-fitted logits.
+CROSS_FIT_FOLDS = 5
+CROSS_FIT_MIN_EXAMPLES = 20
 # Unit-norm embeddings give small logits; a fixed scale lets the head reach confident
 # probabilities without huge weights (it is folded into the saved weights).
 HEAD_SCALE = 20.0
@@ -146,8 +152,9 @@ def train_encoder_head(
     accuracy on a held-out split of the training rows, stopping after two epochs without a new best;
     the fine-tuned encoder is saved inside `out_dir/encoder`. `auto`: full from
     FULL_FINETUNE_MIN_EXAMPLES examples on. With enough rows a held-out split also fits
-    the calibration temperature (encoder_head.json `calibration_temperature`), which the
-    evaluation applies; the backend's probabilities stay softmax(logits / config temperature).
+    the calibration temperature (encoder_head.json `calibration_temperature`; with fewer, a
+    head-only teacher fits it on cross-fitted logits), which the evaluation and a matched
+    student apply; the backend's probabilities stay softmax(logits / config temperature).
     `label_set` fixes the probability order (default: sorted labels seen). Returns `out_dir`.
     """
     import torch
@@ -181,22 +188,25 @@ def train_encoder_head(
             )
         )
 
+    def fit_head(embeddings: torch.Tensor, head_targets: torch.Tensor, head_generator: Any) -> torch.nn.Linear:
+        head = torch.nn.Linear(embeddings.shape[1], len(label_set))
+        optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        for _ in range(epochs):
+            order = torch.randperm(len(embeddings), generator=head_generator)
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                loss = torch.nn.functional.cross_entropy(head(embeddings[batch]) * HEAD_SCALE, head_targets[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            head.weight.mul_(HEAD_SCALE)
+            head.bias.mul_(HEAD_SCALE)
+        return head
+
     # 1. the linear head on frozen embeddings (the whole teacher for `head`, the start for `full`)
     train_embeddings = embed(train_rows)
-    head = torch.nn.Linear(train_embeddings.shape[1], len(label_set))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    train_targets = targets[train_rows]
-    for _ in range(epochs):
-        order = torch.randperm(len(train_rows), generator=generator)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            loss = torch.nn.functional.cross_entropy(head(train_embeddings[batch]) * HEAD_SCALE, train_targets[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        head.weight.mul_(HEAD_SCALE)
-        head.bias.mul_(HEAD_SCALE)
+    head = fit_head(train_embeddings, targets[train_rows], generator)
 
     def held_out_logits() -> torch.Tensor:
         encoder.eval()
@@ -214,9 +224,19 @@ def train_encoder_head(
         )  # fmt: skip
         encoder.save(str(out_dir / "encoder"))
         encoder_ref = "encoder"  # inside the teacher directory: it moves with it
-    temperature = None
+    temperature, calibrated_on = None, None
     if held_rows:
-        temperature = fit_temperature(held_out_logits(), targets[held_rows])
+        temperature, calibrated_on = fit_temperature(held_out_logits(), targets[held_rows]), "held-out rows"
+    elif mode == "head" and len(texts) >= CROSS_FIT_MIN_EXAMPLES:
+        # too few rows to hold some out: every row's logits from a head fitted without its fold
+        folds = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed + 1)) % CROSS_FIT_FOLDS
+        logits = torch.zeros(len(texts), len(label_set))
+        for fold in range(CROSS_FIT_FOLDS):
+            inside, outside = folds != fold, folds == fold
+            fold_head = fit_head(train_embeddings[inside], targets[inside], torch.Generator().manual_seed(seed + fold))
+            with torch.no_grad():
+                logits[outside] = fold_head(train_embeddings[outside])
+        temperature, calibrated_on = fit_temperature(logits, targets), f"{CROSS_FIT_FOLDS}-fold cross-fitting"
     with torch.no_grad():
         save_file({"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, str(out_dir / HEAD_FILE))
     (out_dir / LABELS_FILE).write_text(json.dumps(label_set, ensure_ascii=False, indent=1))
@@ -228,6 +248,7 @@ def train_encoder_head(
         "trained_on": len(train_rows),
         "held_out": len(held_rows),
         "calibration_temperature": temperature,
+        "calibrated_on": calibrated_on,
         "epochs": epochs,
         "encoder_epochs": history,
         "seed": seed,
