@@ -19,9 +19,7 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,15 +41,15 @@ def read_texts(data: Path | None, limit: int) -> list[str]:
     return [text for text in texts if text][:limit]
 
 
-def p50_ms(predict: Callable[[str], object], texts: list[str], warmup: int = 20) -> float:
-    for text in texts[:warmup]:
-        predict(text)
-    seconds = []
-    for text in texts:
-        started = time.perf_counter()
-        predict(text)
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds) * 1000
+class TimedCall:
+    """One forward pass as a Predictor-shaped object, so that trainer.evaluation.latency_ms times it
+    exactly as it times the students and teachers it evaluates."""
+
+    def __init__(self, forward: Callable[[str], object]) -> None:
+        self.forward = forward
+
+    def predict_proba(self, texts: list[str]) -> object:
+        return self.forward(texts[0])
 
 
 def main() -> None:
@@ -65,6 +63,7 @@ def main() -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from factory.teachers.classifier import default_encoder_path, load_encoder
+    from trainer.evaluation import latency_ms
 
     torch.set_num_threads(args.threads)
     texts = read_texts(args.data, 60 if args.quick else 300)
@@ -88,12 +87,13 @@ def main() -> None:
         network.encoder.layer = network.encoder.layer[:layers]
         return network
 
-    results = {
-        "teacher_ms": p50_ms(lambda text: encoder.encode([text], batch_size=1), texts),
-        "full_ms": p50_ms(forward(model), texts),
-        "layers2_ms": p50_ms(forward(truncated(2)), texts),
-        "layers1_ms": p50_ms(forward(truncated(1)), texts),
+    calls = {
+        "teacher_ms": lambda text: encoder.encode([text], batch_size=1),
+        "full_ms": forward(model),
+        "layers2_ms": forward(truncated(2)),
+        "layers1_ms": forward(truncated(1)),
     }
+    results = {name: latency_ms(TimedCall(call), texts, n=len(texts))["p50"] for name, call in calls.items()}
     teacher = results["teacher_ms"]
     for name, value in results.items():
         print(f"{name[:-3]:>8}: p50 {value:6.2f} ms  ({value / teacher:.3f} of the teacher)")

@@ -157,19 +157,20 @@ class TeacherPredictor:
     """A classifier teacher directory (hf or encoder_head) through factory.teachers, as a Predictor.
 
     Its calibration temperature is the one `train_encoder_head` fitted on held-out training
-    rows (encoder_head.json `calibration_temperature`); 1.0 when there is none.
+    rows, or on cross-fitted logits for a small head-only teacher (encoder_head.json
+    `calibration_temperature`); 1.0 when there is none.
     """
 
     def __init__(self, directory: Path) -> None:
         from factory.teachers import ClassifierTeacherConfig, build_teacher
+        from factory.teachers.classifier import ENCODER_HEAD_CONFIG, read_encoder_head
 
-        meta_path = directory / "encoder_head.json"
-        kind = "encoder_head" if meta_path.is_file() else "hf"
+        encoder_head = (directory / ENCODER_HEAD_CONFIG).is_file()
+        kind = "encoder_head" if encoder_head else "hf"
         config = ClassifierTeacherConfig(model=str(directory), kind=kind, device="cpu")
         self.teacher = build_teacher(config)  # no cache_dir: nothing is cached
         self.labels = list(self.teacher.labels)
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-        self.temperature = float(meta.get("calibration_temperature") or 1.0)
+        self.temperature = read_encoder_head(directory).calibration_temperature if encoder_head else 1.0
 
     def logits(self, texts: list[str]) -> np.ndarray:
         return self.teacher.logits(texts).cpu().numpy()

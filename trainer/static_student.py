@@ -143,7 +143,7 @@ class TeacherSpace:
         files = read_encoder_head(directory)
         self.encoder, self.normalize, self.labels = files.encoder, files.normalize, files.labels
         self.weight, self.bias = files.head["weight"], files.head["bias"]
-        self.temperature = float(files.calibration_temperature or 1.0)
+        self.temperature = files.calibration_temperature
 
     @classmethod
     def of(cls, teacher_model: str | None) -> TeacherSpace | None:

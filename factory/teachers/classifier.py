@@ -34,13 +34,13 @@ ENCODER_HEAD_CONFIG = "encoder_head.json"
 class EncoderHeadFiles:
     """What an `encoder_head` teacher directory holds: its encoder's path, whether embeddings
     are unit length before the head, the class names, the head's weights and the calibration
-    temperature fitted on held-out training rows (None when there were too few)."""
+    temperature `train_encoder_head` fitted (1.0 when it fitted none)."""
 
     encoder: Path
     normalize: bool
     labels: list[str]
     head: dict[str, Any]  # "weight" [labels, dim], "bias" [labels]
-    calibration_temperature: float | None = None
+    calibration_temperature: float = 1.0
 
 
 def read_encoder_head(directory: Path) -> EncoderHeadFiles:
@@ -54,7 +54,7 @@ def read_encoder_head(directory: Path) -> EncoderHeadFiles:
         normalize=bool(meta.get("normalize_embeddings", True)),
         labels=json.loads((directory / LABELS_FILE).read_text(encoding="utf-8")),
         head=load_file(str(directory / HEAD_FILE)),
-        calibration_temperature=meta.get("calibration_temperature"),
+        calibration_temperature=float(meta.get("calibration_temperature") or 1.0),
     )
 
 
