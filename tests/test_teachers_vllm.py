@@ -27,22 +27,42 @@ def run(teacher, requests):
     return asyncio.run(teacher.generate(requests))
 
 
+GREEDY = [TeacherRequest.chat(p, system="Be brief.", max_tokens=10, top_logprobs=5) for p in PROMPTS]
+SAMPLED = TeacherRequest.chat("Write a short note", n=3, temperature=1.0, max_tokens=8, seed=3, top_logprobs=2)
+
+
+def _generate_in_this_process(model: str) -> dict:
+    """Runs in a spawned child: an in-process vLLM engine binds the process's OpenMP threads and
+    NUMA memory and replaces torch.set_num_threads for good, which would slow every later torch
+    test in the pytest process (on one CI machine past its timeout)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    teacher = build_teacher(VLLMTeacherConfig(model=model, dtype="float32", enforce_eager=True, max_model_len=256))
+    return {
+        "tokenizer_hash": teacher.identity.tokenizer_hash,
+        "greedy": run(teacher, GREEDY),
+        "sampled": run(teacher, [SAMPLED]) + run(teacher, [SAMPLED]),
+    }
+
+
 @pytest.fixture(scope="module")
-def vllm_teacher(tiny_llama):
+def from_vllm(tiny_llama) -> dict:
+    """One in-process engine, in a child process: its generations for the tests below."""
     pytest.importorskip("vllm")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    cfg = VLLMTeacherConfig(model=str(tiny_llama), dtype="float32", enforce_eager=True, max_model_len=256)
-    return build_teacher(cfg)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_generate_in_this_process, str(tiny_llama)).result(timeout=600)
 
 
-def test_vllm_and_transformers_agree_on_greedy_ids_and_logprobs(vllm_teacher, tiny_llama):
-    requests = [TeacherRequest.chat(p, system="Be brief.", max_tokens=10, top_logprobs=5) for p in PROMPTS]
-    from_vllm = run(vllm_teacher, requests)
+def test_vllm_and_transformers_agree_on_greedy_ids_and_logprobs(from_vllm, tiny_llama):
     hf = build_teacher(TransformersTeacherConfig(model=str(tiny_llama), device="cpu", dtype="float32", batch_size=4))
-    from_hf = run(hf, requests)
-    assert vllm_teacher.identity.tokenizer_hash == hf.identity.tokenizer_hash
-    for a, b in zip(from_vllm, from_hf):
+    from_hf = run(hf, GREEDY)
+    assert from_vllm["tokenizer_hash"] == hf.identity.tokenizer_hash
+    assert len(from_vllm["greedy"]) == len(from_hf) == len(PROMPTS)
+    for a, b in zip(from_vllm["greedy"], from_hf):
         [va], [hb] = a.samples, b.samples
         assert a.token_ids_source == "engine"
         assert va.token_ids == hb.token_ids and len(va.token_ids) == 10
@@ -53,10 +73,8 @@ def test_vllm_and_transformers_agree_on_greedy_ids_and_logprobs(vllm_teacher, ti
         assert a.usage.prompt_tokens == b.usage.prompt_tokens
 
 
-def test_vllm_sampling_n_and_seed(vllm_teacher):
-    request = TeacherRequest.chat("Write a short note", n=3, temperature=1.0, max_tokens=8, seed=3, top_logprobs=2)
-    [first] = run(vllm_teacher, [request])
-    [again] = run(vllm_teacher, [request])
+def test_vllm_sampling_n_and_seed(from_vllm):
+    first, again = from_vllm["sampled"]
     assert len(first.samples) == 3
     assert [s.token_ids for s in first.samples] == [s.token_ids for s in again.samples]
     for sample in first.samples:
