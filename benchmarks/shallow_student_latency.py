@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="folder holding sst2/ [default: quickstart tickets]")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    texts = read_texts(args.data, 60 if args.quick else 300)  # a wrong --data fails before the slow imports
 
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -66,7 +67,6 @@ def main() -> None:
     from trainer.evaluation import latency_ms
 
     torch.set_num_threads(args.threads)
-    texts = read_texts(args.data, 60 if args.quick else 300)
     path = default_encoder_path()
     encoder = load_encoder(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
