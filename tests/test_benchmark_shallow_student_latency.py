@@ -13,12 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 RESULT_KEYS = "teacher_ms full_ms layers2_ms layers1_ms layers1_ratio layers2_ratio".split()
 
 
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "benchmarks" / "shallow_student_latency.py"), "--quick", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
 @pytest.mark.slow
 def test_quick_run_ends_with_every_result_key():
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "shallow_student_latency.py"), "--quick", "--threads", "1"],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+    done = run_benchmark("--threads", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("RESULT ")
@@ -32,10 +34,7 @@ def test_quick_run_ends_with_every_result_key():
 
 
 def test_a_data_folder_without_sst2_is_one_line(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "shallow_student_latency.py"), "--quick", "--data", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+    done = run_benchmark("--data", str(tmp_path))
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
         f"{tmp_path / 'sst2' / 'sentiment-test'} not found (pass --data DIR, the folder that holds sst2/)"

@@ -29,14 +29,15 @@ def run(teacher, requests):
 
 GREEDY = [TeacherRequest.chat(p, system="Be brief.", max_tokens=10, top_logprobs=5) for p in PROMPTS]
 SAMPLED = TeacherRequest.chat("Write a short note", n=3, temperature=1.0, max_tokens=8, seed=3, top_logprobs=2)
+# What a test's in-process engine runs with: no separate engine-core process, a small KV cache.
+IN_PROCESS_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-def _generate_in_this_process(model: str) -> dict:
+def _generate_with_an_in_process_engine(model: str) -> dict:
     """Runs in a spawned child: an in-process vLLM engine binds the process's OpenMP threads and
     NUMA memory and replaces torch.set_num_threads for good, which would slow every later torch
     test in the pytest process (on one CI machine past its timeout)."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    os.environ.update(IN_PROCESS_ENGINE_ENV)
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     teacher = build_teacher(VLLMTeacherConfig(model=model, dtype="float32", enforce_eager=True, max_model_len=256))
     return {
@@ -54,7 +55,7 @@ def from_vllm(tiny_llama) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-        return child.submit(_generate_in_this_process, str(tiny_llama)).result(timeout=600)
+        return child.submit(_generate_with_an_in_process_engine, str(tiny_llama)).result(timeout=600)
 
 
 def test_vllm_and_transformers_agree_on_greedy_ids_and_logprobs(from_vllm, tiny_llama):
@@ -102,7 +103,7 @@ teacher = build_teacher(VLLMTeacherConfig(model={str(tiny_llama)!r}, dtype="floa
 assert generation.ok, generation.error
 print("ok", len(generation.samples[0].token_ids))
 """
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, **IN_PROCESS_ENGINE_ENV}
     env.setdefault("VLLM_HOST_IP", "127.0.0.1")
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
