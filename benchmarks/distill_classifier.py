@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from rich.table import Table  # noqa: E402
 from curation.store import DatasetStore, DatasetVersion  # noqa: E402
 from factory.schema import record_id  # noqa: E402
 from factory.teachers import ClassifierTeacherConfig, TeacherRequest, build_teacher, train_encoder_head  # noqa: E402
+from trainer.augment import perturbed_copies  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.evaluation import TeacherPredictor, TestSet, evaluate, score  # noqa: E402
 from trainer.training import train  # noqa: E402
@@ -80,25 +80,6 @@ def read_labelled(
     if frame.height == 0:
         raise SystemExit(f"{path}: no rows with a text{' and a label' if label_column else ''}")
     return frame
-
-
-def augment(texts: list[str], copies: int, seed: int = 0) -> list[tuple[str, int]]:
-    """Perturbed copies of each text for the teacher to label (Tang et al., 2019): word dropout,
-    random word replacement and n-gram windows. Returns (text, index of the original)."""
-    rng = random.Random(seed)
-    vocabulary = sorted({word for text in texts for word in text.split()})
-    out = []
-    for index, text in enumerate(texts):
-        words = text.split()
-        for _ in range(copies if len(words) >= 3 else 0):
-            kept = [w if rng.random() > 0.1 else rng.choice(vocabulary) for w in words if rng.random() > 0.15]
-            kept = kept or words[:1]
-            if rng.random() < 0.25 and len(kept) > 2:
-                size = max(2, int(len(kept) * rng.uniform(0.6, 1.0)))
-                start = rng.randint(0, len(kept) - size)
-                kept = kept[start : start + size]
-            out.append((" ".join(kept), index))
-    return out
 
 
 def label_with_teacher(teacher_dir: Path, texts: list[str]) -> tuple[list[list[float]], list[str], dict, float]:
@@ -168,7 +149,7 @@ def transfer_set(train_texts: list[str], pool_texts: list[str], copies: int) -> 
     """Texts for the teacher to label, and each one's parent id (perturbed copies point at their original)."""
     originals = list(dict.fromkeys(train_texts + pool_texts))
     seen = set(originals)
-    extra = {text: index for text, index in augment(originals, copies) if text not in seen}
+    extra = {text: index for text, index in perturbed_copies(originals, copies) if text not in seen}
     original_ids = [record_id(INSTRUCTION, text, "import") for text in originals]
     return originals + list(extra), [None] * len(originals) + [original_ids[i] for i in extra.values()]
 

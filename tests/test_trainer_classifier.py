@@ -335,6 +335,8 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     result = train(small_config(root, tmp_path / "run", student=student, epochs=3))
     matched = result.details["matched_teacher"]
     assert matched["teacher_dim"] == 384 and 1 <= matched["epochs"] <= 5 and matched["held_out_cosine"] > 0.5
+    # a small dataset is matched on perturbed copies too, as many per text as the cap allows
+    assert matched["copies"] > 10 * result.details["rows"]["train"]
     saved = json.loads((result.model_dir / "config.json").read_text())
     assert saved["space_dim"] == 384 and saved["hidden"] == student.hidden > 0
     report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
@@ -416,3 +418,29 @@ def test_a_matched_student_is_calibrated_to_its_teacher_at_the_teacher_s_own_tem
         result = train(small_config(root, tmp_path / f"run-{name}", student=student, epochs=3))
         temperatures[name] = result.details["calibration_temperature"]
     assert temperatures["t4"] > 2 * temperatures["t1"]
+
+
+def test_perturbed_copies_differ_from_their_original_and_point_back_to_it():
+    from trainer.augment import perturbed_copies
+
+    texts = ["my card was never delivered to my home", "pin?", "how do I top up my account with cash"]
+    copies = perturbed_copies(texts, 5, seed=3)
+    assert copies == perturbed_copies(texts, 5, seed=3) and copies != perturbed_copies(texts, 5, seed=4)
+    assert {index for _, index in copies} == {0, 2}  # a text under three words has no copies
+    assert 6 <= len(copies) <= 10
+    vocabulary = {word for text in texts for word in text.split()}
+    for copy, index in copies:
+        assert copy and copy != texts[index] and set(copy.split()) <= vocabulary
+
+
+def test_copies_per_text_fill_the_matching_set_up_to_its_size_and_the_cap():
+    from trainer.classifier import MAX_COPIES, copies_per_text
+    from trainer.config import StaticEmbeddingStudent
+
+    student = StaticEmbeddingStudent(match_texts=20000)
+    assert copies_per_text(student, 1800) == 11  # 1,800 texts and 11 copies each: 21,600
+    assert copies_per_text(student, 9000) == 2
+    assert copies_per_text(student, 30000) == 0
+    assert copies_per_text(student, 100) == MAX_COPIES
+    assert copies_per_text(student, 0) == 0
+    assert copies_per_text(StaticEmbeddingStudent(match_texts=0), 100) == 0

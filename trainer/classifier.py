@@ -14,6 +14,7 @@ copies are not the inputs the model will see), so nothing leaks from training in
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import torch
 from curation.store import DatasetVersion
 from factory.errors import StillhouseError
 from factory.teachers.classifier import fit_temperature
+from trainer.augment import perturbed_copies
 from trainer.bag_model import BagClassifier, BagNet
 from trainer.config import HashedBagStudent, StaticEmbeddingStudent, TrainConfig
 from trainer.loop import LoopResult, epoch_order, run_loop, seed_everything
@@ -38,6 +40,7 @@ HEAD_LR = 1e-3  # Adam, the matched student's head on the labels
 # transfer set (257 unknowns per target dimension): on 352 quickstart rows it started matching at
 # macro-F1 0.43 and ended at 0.67; with this penalty 0.74 and 0.78. On 1,000+ rows it changes nothing.
 MATCH_INIT_RIDGE = 1.0
+MAX_COPIES = 16  # perturbed copies per text at most: beyond, copies of a text mostly repeat one another
 
 
 def classification_frame(version: DatasetVersion, needs_probs: bool) -> tuple[list[str], pl.DataFrame]:
@@ -128,6 +131,15 @@ def build_student(
     return model, str(encoder), space
 
 
+def copies_per_text(student: StaticEmbeddingStudent, n_texts: int) -> int:
+    """Perturbed copies of each of `n_texts` training texts that bring the matching set to about
+    `student.match_texts` (SST-2, 1,800 texts: held-out cosine to the teacher 0.81 without copies,
+    0.83 / 0.84 / 0.85 with 4 / 8 / 16; macro-F1 0.746 / 0.751 / 0.760 / 0.756)."""
+    if n_texts == 0:
+        return 0
+    return max(0, min(MAX_COPIES, math.ceil(student.match_texts / n_texts) - 1))
+
+
 def match_teacher_space(
     net: BagNet,
     ids_for: Callable[[list[int]], torch.Tensor],
@@ -211,10 +223,18 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
 
     matched = {}
     if space is not None:
-        targets = space.embeddings(frame["text"].to_list())
+        texts = frame["text"].to_list()
+        # the teacher's embeddings of perturbed copies of the training texts are targets too: matching
+        # needs no labels, and 1,800 texts leave most of 8M embedding weights to overfit
+        n_copies = copies_per_text(student, len(train_rows))
+        copies = [text for text, _ in perturbed_copies([texts[r] for r in train_rows], n_copies, config.seed)]
+        features += model.featurizer.ids_list(copies)
+        targets = space.embeddings(texts + copies)
+        match_rows = train_rows + list(range(frame.height, frame.height + len(copies)))
         matched = match_teacher_space(
-            model.net, ids_for, targets, train_rows, val_rows, student.match_epochs, config.batch_size, config.seed
+            model.net, ids_for, targets, match_rows, val_rows, student.match_epochs, config.batch_size, config.seed
         )
+        matched["copies"] = len(copies)
         # then only the head learns the dataset's labels (a reviewer's corrections among them): training
         # the matched vectors on 12 probabilities a row undoes what 384 numbers a row taught them
         lr = config.lr or HEAD_LR

@@ -73,6 +73,13 @@ class StaticEmbeddingStudent(BaseModel):
         description="Width of a residual one-hidden-layer MLP (GELU) added to the linear map into the teacher's "
         "space, for matched students (0: the linear map alone).",
     )
+    match_texts: int = Field(
+        20000,
+        ge=0,
+        description="A matched student also learns the teacher's embeddings of perturbed copies of the training "
+        "texts (word dropout, replacement, windows; no labels needed), as many copies per text (at most 16) as "
+        "bring the texts it matches to about this number (0: the training texts alone).",
+    )
     match_epochs: int = Field(
         20, ge=1, description="Most epochs of matching the teacher's embeddings (stops early on the held-out rows)."
     )
