@@ -77,7 +77,7 @@ class StaticEmbeddingStudent(BaseModel):
         20000,
         ge=0,
         description="A matched student also learns the teacher's embeddings of perturbed copies of the training "
-        "texts (word dropout, replacement, windows; no labels needed), as many copies per text (at most 16) as "
+        "texts (word dropout and windows; no labels needed), as many copies per text (at most 16) as "
         "bring the texts it matches to about this number (0: the training texts alone).",
     )
     match_epochs: int = Field(
