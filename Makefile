@@ -24,7 +24,7 @@ $(VENV)/.test-deps: $(VENV)/.installed scripts/install_test_deps.sh
 test-deps: $(VENV)/.test-deps
 
 test: test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

