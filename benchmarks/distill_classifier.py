@@ -185,6 +185,9 @@ def main() -> None:
     parser.add_argument("--finetune", choices=["auto", "full", "head"], default="auto", help="the main teacher")
     parser.add_argument("--student", default=None, help="student type [default: TrainConfig's default]")
     parser.add_argument("--epochs", type=float, default=None, help="student epochs [default: TrainConfig's]")
+    parser.add_argument(
+        "--match-texts", type=int, default=None, help="a matched static student's student.match_texts [default: its]"
+    )
     parser.add_argument("--work", type=Path, default=None, help="work directory [default: a temporary one]")
     parser.add_argument("--name", default="task", help="dataset name for the published version")
     parser.add_argument("--latency-examples", type=int, default=200)
@@ -230,6 +233,12 @@ def main() -> None:
     overrides = {}
     if args.student:
         overrides["student"] = {"type": args.student}
+    if args.match_texts is not None:
+        overrides["student"] = {
+            "type": "static_embedding",
+            **overrides.get("student", {}),
+            "match_texts": args.match_texts,
+        }
     if args.epochs:
         overrides["epochs"] = args.epochs
     for kind, alpha in (("kd", 1.0), ("hard", 0.0)):

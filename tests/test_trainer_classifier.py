@@ -446,3 +446,39 @@ def test_copies_per_text_fill_the_matching_set_up_to_its_size_and_the_cap():
     assert copies_per_text(student, 100) == MAX_COPIES
     assert copies_per_text(student, 0) == 0
     assert copies_per_text(StaticEmbeddingStudent(match_texts=0), 100) == 0
+
+
+def test_an_explicit_student_encoder_is_used_or_named_never_replaced_by_the_default(tmp_path, monkeypatch):
+    import trainer.classifier as classifier
+    from factory.teachers.classifier import default_encoder_path
+    from trainer.config import StaticEmbeddingStudent
+
+    root = tmp_path / "store"
+    publish_tickets(root)
+    version = DatasetStore(root).resolve("tickets@latest")
+    with pytest.raises(StillhouseError, match="student.encoder: .*no-such-encoder does not exist"):
+        classifier.build_student(StaticEmbeddingStudent(encoder=tmp_path / "no-such-encoder"), LABELS, version)
+
+    # a directory that is not an encoder_head teacher is distilled from as it is (a sentence encoder)
+    mine = tmp_path / "my-encoder"
+    mine.mkdir()
+    assert mine != default_encoder_path()
+    asked = []
+    monkeypatch.setattr(classifier, "distill_token_embeddings", lambda path, dim: asked.append(path) or (None, None))
+    monkeypatch.setattr(classifier.BagClassifier, "from_static_embeddings", lambda *args: "student")
+    _, distilled_from, space = classifier.build_student(StaticEmbeddingStudent(encoder=mine), LABELS, version)
+    assert asked == [mine] and distilled_from == str(mine) and space is None
+
+
+def test_a_matched_student_without_copies_tokenizes_no_copies():
+    """match_texts: 0 ("the training texts alone") gives an empty list of copies to tokenize."""
+    from transformers import AutoTokenizer
+
+    from factory.teachers.classifier import default_encoder_path
+    from trainer.static_student import TokenFeaturizer
+
+    featurizer = TokenFeaturizer(AutoTokenizer.from_pretrained(str(default_encoder_path())))
+    assert featurizer.ids_list([]) == []
+    assert featurizer.ids_list(["pin?"]) == [
+        [i + 1 for i in featurizer.tokenizer("pin?", add_special_tokens=False)["input_ids"]]
+    ]

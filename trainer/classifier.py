@@ -32,7 +32,13 @@ from trainer.bag_model import BagClassifier, BagNet
 from trainer.config import HashedBagStudent, StaticEmbeddingStudent, TrainConfig
 from trainer.loop import LoopResult, epoch_order, run_loop, seed_everything
 from trainer.losses import classifier_kd_loss
-from trainer.static_student import TeacherSpace, TokenFeaturizer, distill_token_embeddings, teacher_encoder_path
+from trainer.static_student import (
+    TeacherSpace,
+    TokenFeaturizer,
+    distill_token_embeddings,
+    encoder_of,
+    teacher_encoder_path,
+)
 
 MATCH_LR = 3e-3  # Adam, matching the teacher's embeddings (quickstart: 1e-2 and 40 epochs overfit)
 HEAD_LR = 1e-3  # Adam, the matched student's head on the labels
@@ -105,6 +111,8 @@ def build_student(
     if isinstance(student, HashedBagStudent):
         model = BagClassifier.create(labels, student.buckets, student.dim, student.word_ngrams, student.char_ngrams)
         return model, None, None
+    if student.encoder and not Path(student.encoder).exists():
+        raise StillhouseError(f"student.encoder: {student.encoder} does not exist (from {Path.cwd()})")
     teacher = str(student.encoder) if student.encoder else recorded_teacher(version)
     if not student.encoder and teacher and not Path(teacher).exists():
         # a relative teacher path recorded by a run resolves from that run's directory only
@@ -115,7 +123,7 @@ def build_student(
             file=sys.stderr,
         )
         teacher = None
-    encoder = teacher_encoder_path(teacher)
+    encoder = encoder_of(Path(student.encoder)) if student.encoder else teacher_encoder_path(teacher)
     space = TeacherSpace.of(teacher) if student.match_teacher == "auto" else None
     head = space.head_for(labels) if space is not None else None
     if head is None:

@@ -44,6 +44,8 @@ class TokenFeaturizer:
         return len(self.tokenizer) + 1
 
     def ids_list(self, texts: list[str]) -> list[list[int]]:
+        if not texts:  # a fast tokenizer fails on an empty batch
+            return []
         rows = self.tokenizer(
             texts, add_special_tokens=False, truncation=True, max_length=self.max_length, return_attention_mask=False
         )["input_ids"]
@@ -76,11 +78,19 @@ class TokenFeaturizer:
 
 def teacher_encoder_path(teacher_model: str | None) -> Path:
     """The sentence encoder inside a classifier teacher directory (encoder_head), else the default MiniLM."""
-    from factory.teachers.classifier import ENCODER_HEAD_CONFIG, default_encoder_path, read_encoder_head
+    from factory.teachers.classifier import ENCODER_HEAD_CONFIG, default_encoder_path
 
     if teacher_model and (Path(teacher_model) / ENCODER_HEAD_CONFIG).is_file():
-        return read_encoder_head(Path(teacher_model)).encoder
+        return encoder_of(Path(teacher_model))
     return default_encoder_path()
+
+
+def encoder_of(directory: Path) -> Path:
+    """A directory the user named as the student's encoder: the encoder inside an encoder_head teacher,
+    else the directory itself (a sentence encoder, or any model sentence-transformers can load)."""
+    from factory.teachers.classifier import ENCODER_HEAD_CONFIG, read_encoder_head
+
+    return read_encoder_head(directory).encoder if (directory / ENCODER_HEAD_CONFIG).is_file() else directory
 
 
 def _cache_file(encoder_path: Path, dim: int) -> Path:
