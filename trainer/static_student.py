@@ -103,11 +103,11 @@ def _cache_file(encoder_path: Path, dim: int) -> Path:
 def distill_token_embeddings(encoder_path: Path, dim: int, batch_size: int = 1024) -> tuple[Any, np.ndarray]:
     """(tokenizer, vectors [vocab + 1, width]): row 0 is padding, row id + 1 the vector of token id.
 
-    The table is computed once per encoder and width, in a fresh process: the caller's
-    process may have run an in-process vLLM engine, which binds its OpenMP threads and replaces
-    torch.set_num_threads for good, and the encoder's weights are freed with the child. In the same
+    The table is computed once per encoder and width, in a fresh process: the caller's process
+    may have run an in-process vLLM engine, which binds its OpenMP threads and replaces
+    torch.set_num_threads for good, and the encoder's weights are freed with the child. In a
     pytest process that had run ~450 other tests, this computation (10-17 s on its own) ran past
-    900 s on two CI machines."""
+    900 s on two CI machines; that was not reproduced here, so its cause is not known."""
     from transformers import AutoTokenizer
 
     cache = _cache_file(Path(encoder_path), dim)
@@ -158,6 +158,13 @@ def token_table(encoder_path: str, dim: int, batch_size: int) -> np.ndarray:
     # unit scale per coordinate: the student's optimiser then treats every direction alike
     table = (table / table.std()).astype(np.float32)
     return np.concatenate([np.zeros((1, table.shape[1]), dtype=np.float32), table])
+
+
+def write_token_table(encoder_path: str, dim: int, batch_size: int, out: Path) -> None:
+    table = token_table(encoder_path, dim, batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as temporary, open(temporary, "wb") as handle:
+        np.save(handle, table)
 
 
 class TeacherSpace:
@@ -216,13 +223,6 @@ class TeacherSpace:
             texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=len(texts) > 2000
         )
         return torch.nn.functional.normalize(vectors.float().cpu(), dim=-1)
-
-
-def write_token_table(encoder_path: str, dim: int, batch_size: int, out: Path) -> None:
-    table = token_table(encoder_path, dim, batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as temporary, open(temporary, "wb") as handle:
-        np.save(handle, table)
 
 
 if __name__ == "__main__":  # python -m trainer.static_student ENCODER DIM BATCH_SIZE OUT (distill_token_embeddings)
