@@ -78,19 +78,20 @@ class TokenFeaturizer:
 
 def teacher_encoder_path(teacher_model: str | None) -> Path:
     """The sentence encoder inside a classifier teacher directory (encoder_head), else the default MiniLM."""
-    from factory.teachers.classifier import ENCODER_HEAD_CONFIG, default_encoder_path
+    from factory.teachers.classifier import default_encoder_path
 
-    if teacher_model and (Path(teacher_model) / ENCODER_HEAD_CONFIG).is_file():
-        return encoder_of(Path(teacher_model))
-    return default_encoder_path()
+    default = default_encoder_path()
+    return encoder_of(Path(teacher_model), otherwise=default) if teacher_model else default
 
 
-def encoder_of(directory: Path) -> Path:
-    """A directory the user named as the student's encoder: the encoder inside an encoder_head teacher,
-    else the directory itself (a sentence encoder, or any model sentence-transformers can load)."""
+def encoder_of(directory: Path, otherwise: Path | None = None) -> Path:
+    """The encoder inside an encoder_head teacher directory; for any other directory `otherwise`, by default
+    the directory itself (a sentence encoder the user named, or any model sentence-transformers can load)."""
     from factory.teachers.classifier import ENCODER_HEAD_CONFIG, read_encoder_head
 
-    return read_encoder_head(directory).encoder if (directory / ENCODER_HEAD_CONFIG).is_file() else directory
+    if (directory / ENCODER_HEAD_CONFIG).is_file():
+        return read_encoder_head(directory).encoder
+    return directory if otherwise is None else otherwise
 
 
 def _cache_file(encoder_path: Path, dim: int) -> Path:
