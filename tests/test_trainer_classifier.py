@@ -338,7 +338,7 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     # a small dataset is matched on perturbed copies too, as many per text as the cap allows
     assert matched["copies"] > 10 * result.details["rows"]["train"]
     saved = json.loads((result.model_dir / "config.json").read_text())
-    assert saved["space_dim"] == 384 and saved["hidden"] == student.hidden > 0
+    assert saved["space_dim"] == 384 and saved["hidden"] == student.hidden > 0 and saved["pooling"] == "attention"
     report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
     assert report["student"]["macro_f1"] > 0.9
     reloaded = BagClassifier.from_pretrained(result.model_dir)
@@ -350,6 +350,8 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     np.testing.assert_allclose(onnx_probs, reloaded.predict_proba(texts), atol=1e-5)
     # the residual MLP was trained (it starts at zero) and came back with the model
     assert reloaded.net.residual is not None and float(reloaded.net.residual[2].weight.detach().abs().max()) > 0
+    # so was the pooling query (it starts at zero, the plain mean)
+    assert reloaded.net.query is not None and float(reloaded.net.query.detach().abs().max()) > 0
 
 
 def test_a_recorded_teacher_missing_from_here_is_named_not_silently_skipped(tmp_path, monkeypatch, capsys):
@@ -382,15 +384,15 @@ def test_matching_starts_from_a_map_that_generalises_when_rows_barely_outnumber_
     true_map = torch.randn(dim, space, generator=generator)
     with torch.no_grad():
         noise = 0.5 * torch.randn(60, space, generator=generator)
-        targets = torch.nn.functional.normalize(net.mean(ids) @ true_map + noise, dim=-1)
+        targets = torch.nn.functional.normalize(net.pool(ids) @ true_map + noise, dim=-1)
     train_rows, held_rows = list(range(20)), list(range(20, 60))
     start = match_teacher_space(net, lambda rows: ids[rows], targets, train_rows, held_rows, 0, 4, 0)
 
     with torch.no_grad():  # what the plain least-squares start would have given
-        design = torch.cat([net.mean(ids[train_rows]), torch.ones(20, 1)], dim=1)
+        design = torch.cat([net.pool(ids[train_rows]), torch.ones(20, 1)], dim=1)
         solution = torch.linalg.lstsq(design, targets[train_rows]).solution
         plain = torch.nn.functional.normalize(
-            torch.cat([net.mean(ids[held_rows]), torch.ones(40, 1)], dim=1) @ solution, dim=-1
+            torch.cat([net.pool(ids[held_rows]), torch.ones(40, 1)], dim=1) @ solution, dim=-1
         )
         plain_cosine = float((plain * targets[held_rows]).sum(-1).mean())
     assert start["epochs"] == 0
@@ -482,3 +484,21 @@ def test_a_matched_student_without_copies_tokenizes_no_copies():
     assert featurizer.ids_list(["pin?"]) == [
         [i + 1 for i in featurizer.tokenizer("pin?", add_special_tokens=False)["input_ids"]]
     ]
+
+
+def test_attention_pooling_starts_as_the_mean_weighs_tokens_by_their_vectors_and_survives_padding():
+    from trainer.bag_model import BagNet
+
+    net = BagNet(5, 2, 3, space_dim=4, pooling="attention")
+    with torch.no_grad():
+        net.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 3.0]]))
+    plain = BagNet(5, 2, 3, space_dim=4, pooling="mean")
+    plain.embedding.weight.data.copy_(net.embedding.weight.data)
+    ids = torch.tensor([[1, 2, 0, 0], [3, 4, 2, 0], [0, 0, 0, 0]])  # the last row: padding alone
+    torch.testing.assert_close(net.pool(ids), plain.pool(ids))  # a zero query is the plain mean
+    with torch.no_grad():
+        net.query.copy_(torch.tensor([4.0, 0.0]))  # tokens along the first axis count more
+    pooled = net.pool(ids)
+    assert pooled[0, 0] > 0.95 and pooled[0, 1] < 0.05
+    torch.testing.assert_close(pooled[2], torch.zeros(2))  # not NaN
+    assert torch.isfinite(net(ids)).all()

@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -85,8 +85,16 @@ class Featurizer:
         return torch.from_numpy(out)
 
 
+Pooling = Literal["mean", "attention"]
+
+
 class BagNet(nn.Module):
-    """Mean of the n-gram embeddings -> linear layer -> logits.
+    """Pooled n-gram (or token) embeddings -> linear layer -> logits.
+
+    Pooling is the plain mean, or attention with one learned query: each token weighs
+    exp(query . vector), so the weight is a function of the token's vector and carries over
+    to tokens the training texts never had (a greeting's words can count less than the ones
+    that name the problem, which the teacher's contextual encoder does on its own).
 
     With `space_dim`, the mean is first mapped into a teacher encoder's embedding space
     (a linear map plus, with `hidden`, a residual one-hidden-layer MLP; unit length) and the
@@ -94,9 +102,19 @@ class BagNet(nn.Module):
     sentence embeddings point can use the teacher's own head (trainer/static_student.py).
     """
 
-    def __init__(self, buckets: int, dim: int, n_labels: int, space_dim: int | None = None, hidden: int = 0) -> None:
+    def __init__(
+        self,
+        buckets: int,
+        dim: int,
+        n_labels: int,
+        space_dim: int | None = None,
+        hidden: int = 0,
+        pooling: Pooling = "mean",
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
+        # starts at zero: uniform weights, the plain mean
+        self.query = nn.Parameter(torch.zeros(dim)) if pooling == "attention" else None
         self.projection = nn.Linear(dim, space_dim) if space_dim else None
         self.residual = (
             nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, space_dim))
@@ -111,13 +129,23 @@ class BagNet(nn.Module):
                 self.residual[2].weight.zero_()
                 self.residual[2].bias.zero_()
 
-    def mean(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = (ids > 0).unsqueeze(-1).to(self.embedding.weight.dtype)
-        return (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    @property
+    def pooling(self) -> Pooling:
+        return "mean" if self.query is None else "attention"
+
+    def pool(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids (0: padding) -> [B, dim]: the mean of the embeddings, or their attention-weighted sum."""
+        embedded = self.embedding(ids)
+        if self.query is None:
+            mask = (ids > 0).unsqueeze(-1).to(embedded.dtype)
+            return (embedded * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        # finite, not -inf: a row of padding alone gets uniform weights over zero vectors, not NaN
+        scores = (embedded @ self.query).masked_fill(ids == 0, -1e4)
+        return (embedded * torch.softmax(scores, dim=-1).unsqueeze(-1)).sum(1)
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
-        """What the output layer reads: the mean, or its unit-length image in the teacher's space."""
-        mean = self.mean(ids)
+        """What the output layer reads: the pooled vector, or its unit-length image in the teacher's space."""
+        mean = self.pool(ids)
         if self.projection is None:
             return mean
         mapped = self.projection(mean)
@@ -126,9 +154,10 @@ class BagNet(nn.Module):
         return nn.functional.normalize(mapped, dim=-1)
 
     def space_parameters(self) -> list[nn.Parameter]:
-        """The dense parameters of the map into the teacher's space (empty without one)."""
+        """The dense parameters before the output layer: pooling query and map into the teacher's space."""
         modules = [m for m in (self.projection, self.residual) if m is not None]
-        return [p for module in modules for p in module.parameters()]
+        query = [self.query] if self.query is not None else []
+        return query + [p for module in modules for p in module.parameters()]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.output(self.features(ids))
@@ -158,10 +187,16 @@ class BagClassifier:
 
     @classmethod
     def from_static_embeddings(
-        cls, labels: list[str], featurizer: Any, vectors: np.ndarray, space_dim: int | None = None, hidden: int = 0
+        cls,
+        labels: list[str],
+        featurizer: Any,
+        vectors: np.ndarray,
+        space_dim: int | None = None,
+        hidden: int = 0,
+        pooling: Pooling = "mean",
     ) -> BagClassifier:
         """A student whose token embeddings start from `vectors` [vocab + 1, dim] (row 0: padding)."""
-        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels), space_dim, hidden)
+        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels), space_dim, hidden, pooling)
         with torch.no_grad():
             net.embedding.weight.copy_(torch.from_numpy(vectors))
         return cls(featurizer, net, labels)
@@ -195,6 +230,7 @@ class BagClassifier:
             "n_labels": len(self.labels),
             "space_dim": self.net.projection.out_features if self.net.projection is not None else None,
             "hidden": self.net.residual[0].out_features if self.net.residual is not None else 0,
+            "pooling": self.net.pooling,
             "temperature": self.temperature,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -225,6 +261,7 @@ class BagClassifier:
             config["n_labels"],
             config.get("space_dim"),
             config.get("hidden", 0),
+            config.get("pooling", "mean"),
         )
         net.load_state_dict(load_file(str(directory / "model.safetensors")))
         net.eval()

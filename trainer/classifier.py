@@ -130,7 +130,12 @@ def build_student(
         space = None
     tokenizer, vectors = distill_token_embeddings(encoder, student.dim)
     model = BagClassifier.from_static_embeddings(
-        labels, TokenFeaturizer(tokenizer), vectors, space.dim if space else None, student.hidden
+        labels,
+        TokenFeaturizer(tokenizer),
+        vectors,
+        space.dim if space else None,
+        student.hidden,
+        student.pooling if space else "mean",
     )
     if space is not None:
         with torch.no_grad():
@@ -162,7 +167,7 @@ def match_teacher_space(
     the teacher's does (loss: 1 - cosine); keep the epoch with the lowest held-out loss (every epoch without
     held-out rows)."""
     with torch.no_grad():  # start from the ridge map of the averaged vectors onto the targets
-        means = net.mean(ids_for(train_rows))
+        means = net.pool(ids_for(train_rows))
         design = torch.cat([means, torch.ones(len(train_rows), 1)], dim=1)
         penalty = MATCH_INIT_RIDGE * torch.eye(design.shape[1])
         penalty[-1, -1] = 0.0  # the bias is not shrunk
@@ -246,6 +251,10 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
         # then only the head learns the dataset's labels (a reviewer's corrections among them): training
         # the matched vectors on 12 probabilities a row undoes what 384 numbers a row taught them
         lr = config.lr or HEAD_LR
+        for parameter in model.net.parameters():  # no gradients to compute (or pile up) below the head
+            parameter.requires_grad_(False)
+        for parameter in model.net.output.parameters():
+            parameter.requires_grad_(True)
         optimizer = torch.optim.Adam(model.net.output.parameters(), lr=lr)
     else:
         # sparse embedding gradients: Adagrad updates only the n-grams a batch touched (fastText's trick)

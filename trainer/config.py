@@ -73,6 +73,12 @@ class StaticEmbeddingStudent(BaseModel):
         description="Width of a residual one-hidden-layer MLP (GELU) added to the linear map into the teacher's "
         "space, for matched students (0: the linear map alone).",
     )
+    pooling: Literal["attention", "mean"] = Field(
+        "attention",
+        description="How a matched student pools its token vectors: attention with one learned query (a token's "
+        "weight follows from its vector, so it carries over to unseen words) or the plain mean. Unmatched "
+        "students take the mean.",
+    )
     match_texts: int = Field(
         20000,
         ge=0,
