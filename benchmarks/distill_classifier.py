@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument(
         "--match-texts", type=int, default=None, help="a matched static student's student.match_texts [default: its]"
     )
+    parser.add_argument(
+        "--pooling", choices=["attention", "mean"], default=None, help="a matched static student's student.pooling"
+    )
     parser.add_argument("--work", type=Path, default=None, help="work directory [default: a temporary one]")
     parser.add_argument("--name", default="task", help="dataset name for the published version")
     parser.add_argument("--latency-examples", type=int, default=200)
@@ -233,12 +236,9 @@ def main() -> None:
     overrides = {}
     if args.student:
         overrides["student"] = {"type": args.student}
-    if args.match_texts is not None:
-        overrides["student"] = {
-            "type": "static_embedding",
-            **overrides.get("student", {}),
-            "match_texts": args.match_texts,
-        }
+    for knob in ("match_texts", "pooling"):
+        if (value := getattr(args, knob)) is not None:
+            overrides["student"] = {"type": "static_embedding", **overrides.get("student", {}), knob: value}
     if args.epochs:
         overrides["epochs"] = args.epochs
     for kind, alpha in (("kd", 1.0), ("hard", 0.0)):
