@@ -96,7 +96,7 @@ class BagNet(nn.Module):
     to tokens the training texts never had (a greeting's words can count less than the ones
     that name the problem, which the teacher's contextual encoder does on its own).
 
-    With `space_dim`, the mean is first mapped into a teacher encoder's embedding space
+    With `space_dim`, the pooled vector is first mapped into a teacher encoder's embedding space
     (a linear map plus, with `hidden`, a residual one-hidden-layer MLP; unit length) and the
     output layer is a head over that space: a student trained to point where the teacher's
     sentence embeddings point can use the teacher's own head (trainer/static_student.py).
@@ -145,12 +145,12 @@ class BagNet(nn.Module):
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """What the output layer reads: the pooled vector, or its unit-length image in the teacher's space."""
-        mean = self.pool(ids)
+        pooled = self.pool(ids)
         if self.projection is None:
-            return mean
-        mapped = self.projection(mean)
+            return pooled
+        mapped = self.projection(pooled)
         if self.residual is not None:
-            mapped = mapped + self.residual(mean)
+            mapped = mapped + self.residual(pooled)
         return nn.functional.normalize(mapped, dim=-1)
 
     def space_parameters(self) -> list[nn.Parameter]:

@@ -166,9 +166,9 @@ def match_teacher_space(
     """Train embeddings and the map into the teacher's space so that the student's unit vector points where
     the teacher's does (loss: 1 - cosine); keep the epoch with the lowest held-out loss (every epoch without
     held-out rows)."""
-    with torch.no_grad():  # start from the ridge map of the averaged vectors onto the targets
-        means = net.pool(ids_for(train_rows))
-        design = torch.cat([means, torch.ones(len(train_rows), 1)], dim=1)
+    with torch.no_grad():  # start from the ridge map of the pooled vectors onto the targets
+        pooled = net.pool(ids_for(train_rows))
+        design = torch.cat([pooled, torch.ones(len(train_rows), 1)], dim=1)
         penalty = MATCH_INIT_RIDGE * torch.eye(design.shape[1])
         penalty[-1, -1] = 0.0  # the bias is not shrunk
         solution = torch.linalg.solve(design.T @ design + penalty, design.T @ targets[train_rows])
@@ -251,10 +251,8 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
         # then only the head learns the dataset's labels (a reviewer's corrections among them): training
         # the matched vectors on 12 probabilities a row undoes what 384 numbers a row taught them
         lr = config.lr or HEAD_LR
-        for parameter in model.net.parameters():  # no gradients to compute (or pile up) below the head
-            parameter.requires_grad_(False)
-        for parameter in model.net.output.parameters():
-            parameter.requires_grad_(True)
+        model.net.requires_grad_(False)  # no gradients to compute (or pile up) below the head
+        model.net.output.requires_grad_(True)
         optimizer = torch.optim.Adam(model.net.output.parameters(), lr=lr)
     else:
         # sparse embedding gradients: Adagrad updates only the n-grams a batch touched (fastText's trick)
