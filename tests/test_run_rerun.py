@@ -60,6 +60,12 @@ def test_a_second_run_reuses_every_step_and_prints_the_same_figures(tmp_path, ru
     assert figures(second) == figures(first)
     assert re.search(r"macro-F1\s+\S+\s+\S+", figures(second))
     assert [p.name for p in sorted((tmp_path / "datasets" / "tickets").glob("v*"))] == ["v1"]
+    # the student matched the teacher on the teacher's own examples too (none of them is in the pool)
+    provenance = json.loads(
+        (tmp_path / "runs" / "quickstart" / "student" / "model" / "stillhouse_training.json").read_text()
+    )
+    assert provenance["config"]["student"]["match_data"].endswith("teacher_train.jsonl")
+    assert provenance["matched_teacher"]["match_data_texts"] == 84
 
 
 def test_a_removed_step_output_is_recomputed_not_trusted(tmp_path, run_cli, monkeypatch):

@@ -332,11 +332,20 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     off, _, no_space = build_student(student.model_copy(update={"match_teacher": "off"}), LABELS, version)
     assert no_space is None and off.net.projection is None
 
+    # the teacher's own examples are matched too: a blank one, a repeat and one the dataset has are left out
+    dataset_texts = version.read(columns=["input"])["input"].to_list()
+    extra = [{"text": t} for t, _ in labelled] + [{"text": " "}, {"text": labelled[0][0]}, {"text": dataset_texts[0]}]
+    match_data = tmp_path / "teacher_examples.jsonl"
+    match_data.write_text("\n".join(json.dumps(row) for row in extra) + "\n")
+    distinct = len({t for t, _ in labelled} - set(dataset_texts))
+    assert distinct > 10
+    student = student.model_copy(update={"match_data": match_data})
     result = train(small_config(root, tmp_path / "run", student=student, epochs=3))
     matched = result.details["matched_teacher"]
     assert matched["teacher_dim"] == 384 and 1 <= matched["epochs"] <= 5 and matched["held_out_cosine"] > 0.5
+    assert matched["match_data_texts"] == distinct
     # a small dataset is matched on perturbed copies too, as many per text as the cap allows
-    assert matched["copies"] > 10 * result.details["rows"]["train"]
+    assert matched["copies"] > 10 * (result.details["rows"]["train"] + distinct)
     saved = json.loads((result.model_dir / "config.json").read_text())
     assert saved["space_dim"] == 384 and saved["hidden"] == student.hidden > 0 and saved["pooling"] == "attention"
     report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
@@ -352,6 +361,21 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     assert reloaded.net.residual is not None and float(reloaded.net.residual[2].weight.detach().abs().max()) > 0
     # so was the pooling query (it starts at zero, the plain mean)
     assert reloaded.net.query is not None and float(reloaded.net.query.detach().abs().max()) > 0
+
+
+def test_match_data_without_its_text_column_names_the_file_and_the_columns(tmp_path):
+    from trainer.classifier import match_data_texts
+    from trainer.config import StaticEmbeddingStudent
+
+    path = tmp_path / "examples.csv"
+    path.write_text("utterance,label\nmy card is gone,card\n")
+    with pytest.raises(
+        StillhouseError, match=r"student.match_data .*examples.csv: no 'text' column \(columns: utterance, label\)"
+    ):
+        match_data_texts(StaticEmbeddingStudent(match_data=path), exclude=set())
+    student = StaticEmbeddingStudent(match_data=path, match_text_column="utterance")
+    assert match_data_texts(student, exclude=set()) == ["my card is gone"]
+    assert match_data_texts(student, exclude={"my card is gone"}) == []
 
 
 def test_a_recorded_teacher_missing_from_here_is_named_not_silently_skipped(tmp_path, monkeypatch, capsys):

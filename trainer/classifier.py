@@ -30,6 +30,7 @@ from factory.teachers.classifier import fit_temperature
 from trainer.augment import perturbed_copies
 from trainer.bag_model import BagClassifier, BagNet
 from trainer.config import HashedBagStudent, StaticEmbeddingStudent, TrainConfig
+from trainer.evaluation import read_text_table
 from trainer.loop import LoopResult, epoch_order, run_loop, seed_everything
 from trainer.losses import classifier_kd_loss
 from trainer.static_student import (
@@ -153,6 +154,16 @@ def copies_per_text(student: StaticEmbeddingStudent, n_texts: int) -> int:
     return max(0, min(MAX_COPIES, math.ceil(student.match_texts / n_texts) - 1))
 
 
+def match_data_texts(student: StaticEmbeddingStudent, exclude: set[str]) -> list[str]:
+    """The distinct non-empty texts of `student.match_data` that are not in `exclude` (the dataset's own)."""
+    if student.match_data is None:
+        return []
+    column = student.match_text_column
+    frame = read_text_table(student.match_data, [column], "student.match_data")
+    texts = [text for text in frame[column].drop_nulls().unique(maintain_order=True) if text.strip()]
+    return [text for text in texts if text not in exclude]
+
+
 def match_teacher_space(
     net: BagNet,
     ids_for: Callable[[list[int]], torch.Tensor],
@@ -237,17 +248,20 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
     matched = {}
     if space is not None:
         texts = frame["text"].to_list()
+        extra = match_data_texts(student, exclude=set(texts))
         # the teacher's embeddings of perturbed copies of the training texts are targets too: matching
         # needs no labels, and 1,800 texts leave most of 8M embedding weights to overfit
-        n_copies = copies_per_text(student, len(train_rows))
-        copies = [text for text, _ in perturbed_copies([texts[r] for r in train_rows], n_copies, config.seed)]
-        features += model.featurizer.ids_list(copies)  # rows frame.height.. of ids_for and targets are the copies
-        targets = space.embeddings(texts + copies)
-        match_rows = train_rows + list(range(frame.height, frame.height + len(copies)))
+        originals = [texts[r] for r in train_rows] + extra
+        n_copies = copies_per_text(student, len(originals))
+        copies = [text for text, _ in perturbed_copies(originals, n_copies, config.seed)]
+        # rows frame.height.. of ids_for and targets are the match_data texts, then the copies
+        features += model.featurizer.ids_list(extra + copies)
+        targets = space.embeddings(texts + extra + copies)
+        match_rows = train_rows + list(range(frame.height, frame.height + len(extra) + len(copies)))
         matched = match_teacher_space(
             model.net, ids_for, targets, match_rows, val_rows, student.match_epochs, config.batch_size, config.seed
         )
-        matched["copies"] = len(copies)
+        matched.update(match_data_texts=len(extra), copies=len(copies))
         # then only the head learns the dataset's labels (a reviewer's corrections among them): training
         # the matched vectors on 12 probabilities a row undoes what 384 numbers a row taught them
         lr = config.lr or HEAD_LR
@@ -255,6 +269,8 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
         model.net.output.requires_grad_(True)
         optimizer = torch.optim.Adam(model.net.output.parameters(), lr=lr)
     else:
+        if isinstance(student, StaticEmbeddingStudent) and student.match_data is not None:
+            print("student: no encoder_head teacher to match, so student.match_data is not used", file=sys.stderr)
         # sparse embedding gradients: Adagrad updates only the n-grams a batch touched (fastText's trick)
         lr = config.learning_rate
         optimizer = torch.optim.Adagrad(model.net.parameters(), lr=lr)

@@ -89,6 +89,13 @@ class StaticEmbeddingStudent(BaseModel):
     match_epochs: int = Field(
         20, ge=1, description="Most epochs of matching the teacher's embeddings (stops early on the held-out rows)."
     )
+    match_data: Path | None = Field(
+        None,
+        description="A JSONL/CSV/Parquet file of more in-domain texts whose teacher embeddings a matched student "
+        "learns too (no labels needed), with their perturbed copies: above all the examples the teacher was "
+        "trained on, where its head draws its boundaries [default in a run: teacher_training.data; else none].",
+    )
+    match_text_column: str = Field("text", description="The column of match_data that holds the texts.")
 
 
 StudentConfig = Annotated[Union[CausalLMStudent, HashedBagStudent, StaticEmbeddingStudent], Field(discriminator="type")]

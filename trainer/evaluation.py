@@ -45,25 +45,36 @@ class TestSet:
     labels: list[str]
 
 
-def read_test_file(path: Path | str, text_column: str = "text", label_column: str = "label") -> TestSet:
-    """A JSONL or CSV file with text and label columns."""
+def read_text_table(path: Path | str, columns: list[str], what: str) -> pl.DataFrame:
+    """The named string columns of a JSONL, CSV or Parquet file; `what` names the file in errors."""
     path = Path(path)
     if not path.is_file():
-        raise StillhouseError(f"test file {path} does not exist")
+        raise StillhouseError(f"{what} {path} does not exist")
     try:
-        frame = pl.read_ndjson(path) if path.suffix in (".jsonl", ".ndjson", ".json") else pl.read_csv(path)
-    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
-        raise StillhouseError(f"test file {path}: cannot be read as {path.suffix or 'CSV'} ({exc})") from None
-    for column in (text_column, label_column):
+        if path.suffix in (".jsonl", ".ndjson", ".json"):
+            frame = pl.read_ndjson(path)
+        elif path.suffix == ".parquet":
+            frame = pl.read_parquet(path)
+        else:
+            frame = pl.read_csv(path, infer_schema_length=0)
+    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, OSError) as exc:
+        raise StillhouseError(f"{what} {path}: cannot be read as {path.suffix or 'CSV'} ({exc})") from None
+    for column in columns:
         if column not in frame.columns:
-            raise StillhouseError(f"test file {path}: no '{column}' column (columns: {', '.join(frame.columns)})")
-    frame = frame.select(pl.col(text_column).cast(pl.String), pl.col(label_column).cast(pl.String))
+            raise StillhouseError(f"{what} {path}: no '{column}' column (columns: {', '.join(frame.columns)})")
+    frame = frame.select(pl.col(column).cast(pl.String) for column in columns)
+    if frame.height == 0:
+        raise StillhouseError(f"{what} {path}: no rows")
+    return frame
+
+
+def read_test_file(path: Path | str, text_column: str = "text", label_column: str = "label") -> TestSet:
+    """A JSONL or CSV file with text and label columns."""
+    frame = read_text_table(path, [text_column, label_column], "test file")
     missing = frame[text_column].is_null() | frame[label_column].is_null()
     if missing.any():
         raise StillhouseError(f"test file {path}: row {int(missing.arg_true()[0]) + 1} has an empty text or label")
-    if frame.height == 0:
-        raise StillhouseError(f"test file {path}: no rows")
-    return TestSet(path, frame[text_column].to_list(), frame[label_column].to_list())
+    return TestSet(Path(path), frame[text_column].to_list(), frame[label_column].to_list())
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
