@@ -373,6 +373,8 @@ def test_match_data_without_its_text_column_names_the_file_and_the_columns(tmp_p
         StillhouseError, match=r"student.match_data .*examples.csv: no 'text' column \(columns: utterance, label\)"
     ):
         match_data_texts(StaticEmbeddingStudent(match_data=path), exclude=set())
+    with pytest.raises(ValueError, match=r"match_data\n.*missing.jsonl is not a file"):
+        StaticEmbeddingStudent(match_data=tmp_path / "missing.jsonl")
     student = StaticEmbeddingStudent(match_data=path, match_text_column="utterance")
     assert match_data_texts(student, exclude=set()) == ["my card is gone"]
     assert match_data_texts(student, exclude={"my card is gone"}) == []

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class CausalLMStudent(BaseModel):
@@ -96,6 +96,13 @@ class StaticEmbeddingStudent(BaseModel):
         "trained on, where its head draws its boundaries [default in a run: teacher_training.data; else none].",
     )
     match_text_column: str = Field("text", description="The column of match_data that holds the texts.")
+
+    @field_validator("match_data")
+    @classmethod
+    def _match_data_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():  # before a run spends its teacher's time, not after
+            raise ValueError(f"{path} is not a file (from {Path.cwd()})")
+        return path
 
 
 StudentConfig = Annotated[Union[CausalLMStudent, HashedBagStudent, StaticEmbeddingStudent], Field(discriminator="type")]
