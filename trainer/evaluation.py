@@ -69,7 +69,7 @@ def read_text_table(path: Path | str, columns: list[str], what: str) -> pl.DataF
 
 
 def read_test_file(path: Path | str, text_column: str = "text", label_column: str = "label") -> TestSet:
-    """A JSONL or CSV file with text and label columns."""
+    """A JSONL, CSV or Parquet file with text and label columns."""
     frame = read_text_table(path, [text_column, label_column], "test file")
     missing = frame[text_column].is_null() | frame[label_column].is_null()
     if missing.any():
