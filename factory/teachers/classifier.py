@@ -337,6 +337,7 @@ def _finetune_encoder(
 
 class ClassifierTeacher(ManagedTeacher):
     batched = True
+    computes_on_loop_thread = True  # torch on the caller's thread (ManagedTeacher says why)
 
     def __init__(self, config: ClassifierTeacherConfig, **machinery: Any):
         import torch
