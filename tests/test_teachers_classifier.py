@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import torch
 from fixtures.teacher_calls import generate_and_close as run
+from fixtures.tiny_lm import build_tiny_sequence_classifier
 
 from factory.teachers import ClassifierTeacherConfig, ModelNotFoundError, TeacherRequest, build_teacher
 from factory.teachers.classifier import load_encoder, train_encoder_head
@@ -60,25 +60,9 @@ def test_encoder_head_probs_match_a_direct_forward_pass(head_dir, tmp_path):
     assert max(sharp[0].class_probs) > max(generations[0].class_probs)
 
 
-def tiny_sequence_classifier(tiny_llama, model_dir):
-    """A random 3-class Llama sequence classifier saved with its tokenizer: (model, tokenizer)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    config = LlamaConfig.from_pretrained(tiny_llama)
-    config.num_labels = 3
-    config.id2label = {0: "negative", 1: "neutral", 2: "positive"}
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config).eval()
-    model.save_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    tokenizer.save_pretrained(model_dir)
-    return model, tokenizer
-
-
 def test_hf_sequence_classifier(tiny_llama, tmp_path):
     model_dir = tmp_path / "clf"
-    model, tokenizer = tiny_sequence_classifier(tiny_llama, model_dir)
+    model, tokenizer = build_tiny_sequence_classifier(tiny_llama, model_dir)
 
     cfg = ClassifierTeacherConfig(model=str(model_dir), kind="hf", temperature=1.5, batch_size=2, device="cpu")
     texts = ["great product", "the parcel is late again and nobody answers", "it is fine"]
@@ -89,25 +73,6 @@ def test_hf_sequence_classifier(tiny_llama, tmp_path):
     with torch.no_grad():  # one text at a time, no padding: the batched path must agree
         direct = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])
     assert torch.allclose(probs, torch.softmax(direct / 1.5, dim=-1), atol=1e-4)
-
-
-def test_classifier_batches_run_on_the_callers_thread(tiny_llama, tmp_path):
-    # torch on a worker thread beside the caller's own OpenMP pool runs 1.2x slower (factory/teachers/managed.py)
-    model_dir = tmp_path / "clf"
-    tiny_sequence_classifier(tiny_llama, model_dir)
-    teacher = build_teacher(ClassifierTeacherConfig(model=str(model_dir), kind="hf", batch_size=2, device="cpu"))
-    threads = []
-    generate_batch = teacher._generate_batch
-
-    def recording(requests):
-        threads.append(threading.get_ident())
-        return generate_batch(requests)
-
-    teacher._generate_batch = recording
-    texts = ["great product", "late again", "it is fine"]
-    generations = run(teacher, [TeacherRequest.chat(t, system=TASK) for t in texts])
-    assert all(g.ok for g in generations) and len(generations) == 3
-    assert threads and set(threads) == {threading.get_ident()}
 
 
 def test_missing_classifier_directory_is_one_clear_error(tmp_path):

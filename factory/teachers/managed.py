@@ -63,8 +63,8 @@ class ManagedTeacher(Teacher):
     # own, and libgomp stops its threads spinning between ops once two pools outnumber the
     # cores. On 2 cores a classifier teacher's batch took 1.2x as long on a worker thread after
     # the main thread had trained the teacher, and while that worker lived, the quickstart's
-    # student training on the main thread took 3 min 45 s instead of 1 min 53 s. Remote batch
-    # APIs keep the worker thread (they wait on I/O).
+    # student training on the main thread took 3 min 45 s instead of 1 min 53 s
+    # (benchmarks/teacher_thread.py). Remote batch APIs keep the worker thread (they wait on I/O).
     computes_on_loop_thread = False
 
     def __init__(

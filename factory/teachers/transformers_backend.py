@@ -27,6 +27,7 @@ from factory.teachers.tokenizers import tokenizer_hash
 
 class TransformersTeacher(ManagedTeacher):
     batched = True
+    computes_on_loop_thread = True  # torch on the caller's thread (ManagedTeacher says why)
 
     def __init__(self, config: TransformersTeacherConfig, **machinery: Any):
         from transformers import AutoModelForCausalLM
