@@ -75,7 +75,11 @@ def eval_command(
             )
     if "ratios" in report:
         r = report["ratios"]
-        console.print(f"ratios: F1 {r['f1']:.4f}  agreement {r['agreement']:.4f}  latency p50 {r['latency_p50']:.4f}")
+        interval = r.get("f1_interval_95")
+        spread = f" (95% bootstrap {interval[0]:.3f} to {interval[1]:.3f})" if interval else ""
+        console.print(
+            f"ratios: F1 {r['f1']:.4f}{spread}  agreement {r['agreement']:.4f}  latency p50 {r['latency_p50']:.4f}"
+        )
     console.print(f"report: {Path(report['out_dir']) / 'evaluation.md'}")
 
 

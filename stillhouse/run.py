@@ -620,6 +620,10 @@ def evaluation_table(evaluation: dict[str, Any]) -> Table:
         if s is None:
             continue
         ratio = f"{s / t:.3f}" if isinstance(t, (int, float)) and t else "-"
+        interval = _dig(evaluation, ("ratios", "f1_interval_95")) if path == ("macro_f1",) else None
+        if interval:  # what another test set of this size could show: read the gap against it
+            ratio += f" ({interval[0]:.3f}-{interval[1]:.3f})"
+            table.caption = "(a-b): 95% paired bootstrap interval of the ratio over the test rows"
         table.add_row(label, _fmt(s), _fmt(t), ratio)
     agreement = _dig(evaluation, ("ratios", "agreement"))
     if agreement is not None:

@@ -259,6 +259,41 @@ def test_macro_f1_counts_classes_predicted_but_absent_from_the_test_set():
     assert macro_f1(true, predicted) < f1_score(true, predicted, labels=["a", "b", "d"], average="macro")
 
 
+def test_each_bootstrap_draw_is_scored_as_sklearn_scores_it():
+    from sklearn.metrics import f1_score
+
+    from trainer.evaluation import resampled_macro_f1
+
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 5, 60)
+    predicted = np.where(rng.random(60) < 0.7, true, rng.integers(0, 6, 60))  # label 5 is never a true label
+    counts = rng.multinomial(60, np.full(60, 1 / 60), size=40)
+    scored = resampled_macro_f1(true, predicted, counts, n_labels=6)
+    for draw, value in zip(counts, scored):
+        rows = np.repeat(np.arange(60), draw)
+        assert value == pytest.approx(f1_score(true[rows], predicted[rows], average="macro", zero_division=0))
+
+
+def test_bootstrap_interval_of_the_f1_ratio_is_paired_and_narrows_with_more_rows():
+    from trainer.evaluation import bootstrap_f1_ratio, macro_f1
+
+    rng = np.random.default_rng(1)
+    labels = [f"intent_{i}" for i in range(8)]
+
+    def task(n: int) -> tuple[list[str], list[str], list[str]]:
+        true = [labels[i] for i in rng.integers(0, 8, n)]
+        student = [x if rng.random() > 0.2 else labels[rng.integers(0, 8)] for x in true]
+        teacher = [x if rng.random() > 0.1 else labels[rng.integers(0, 8)] for x in true]
+        return true, student, teacher
+
+    true, student, teacher = task(300)
+    low, high = bootstrap_f1_ratio(true, student, teacher)
+    assert low < macro_f1(true, student) / macro_f1(true, teacher) < high < 1.0 + 0.1
+    assert bootstrap_f1_ratio(true, teacher, teacher) == (1.0, 1.0)  # the same predictions on every draw
+    big_low, big_high = bootstrap_f1_ratio(*task(3000))
+    assert big_high - big_low < (high - low) / 2  # ten times the rows: about a third of the width
+
+
 def test_ece_is_reported_raw_and_at_the_calibration_temperature(tmp_path, test_file):
     from trainer.evaluation import read_test_file, score, softmax
 
@@ -348,8 +383,11 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     assert matched["copies"] > 10 * (result.details["rows"]["train"] + distinct)
     saved = json.loads((result.model_dir / "config.json").read_text())
     assert saved["space_dim"] == 384 and saved["hidden"] == student.hidden > 0 and saved["pooling"] == "attention"
-    report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
+    report = evaluate(result.model_dir, test_file, teacher, out_dir=tmp_path / "eval", latency_examples=5)
     assert report["student"]["macro_f1"] > 0.9
+    low, high = report["ratios"]["f1_interval_95"]
+    assert low <= report["ratios"]["f1"] <= high
+    assert f"({low:.3f} to {high:.3f})" in (tmp_path / "eval" / "evaluation.md").read_text()
     reloaded = BagClassifier.from_pretrained(result.model_dir)
     texts = ["hello, my debit card is gone", "pin?"]
     import onnxruntime

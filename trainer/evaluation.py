@@ -27,6 +27,8 @@ from sklearn.metrics import f1_score
 from factory.errors import StillhouseError
 
 ECE_BINS = 15
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_CHUNK = 250
 
 
 class Predictor(Protocol):
@@ -106,6 +108,50 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
 def macro_f1(true: list[str], predicted: list[str]) -> float:
     """Macro-F1 over the union of true and predicted labels (sklearn's default label set)."""
     return float(f1_score(true, predicted, labels=sorted(set(true) | set(predicted)), average="macro", zero_division=0))
+
+
+def resampled_macro_f1(true: np.ndarray, predicted: np.ndarray, counts: np.ndarray, n_labels: int) -> np.ndarray:
+    """Macro-F1 of label indices `predicted` against `true` on each draw of `counts` [draws, rows] (how often
+    each row is drawn), over the labels that occur in the draw's true or predicted labels, as `macro_f1`."""
+    eye = np.eye(n_labels)
+    truth, guessed = eye[true], eye[predicted]  # [rows, labels] one-hot
+    counts = counts.astype(np.float64)
+    hits, made, actual = counts @ (truth * guessed), counts @ guessed, counts @ truth  # [draws, labels]
+    present = (made + actual) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_label = np.where(present, 2 * hits / (made + actual), 0.0)
+    return per_label.sum(axis=1) / present.sum(axis=1)
+
+
+def bootstrap_f1_ratio(
+    true: list[str],
+    student: list[str],
+    teacher: list[str],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A paired bootstrap interval of macro-F1(student) / macro-F1(teacher) over the test rows.
+
+    Each draw takes the test rows with replacement and scores both models on the same draw, so
+    the interval says how far the ratio could move on another test set like this one: on a few
+    hundred examples that is often more than the gap it is read against."""
+    labels = sorted(set(true) | set(student) | set(teacher))
+    index = {label: i for i, label in enumerate(labels)}
+    true_index, student_index, teacher_index = (
+        np.array([index[x] for x in column]) for column in (true, student, teacher)
+    )
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for start in range(0, resamples, BOOTSTRAP_CHUNK):  # memory: chunk x test rows
+        counts = rng.multinomial(
+            len(true), np.full(len(true), 1.0 / len(true)), size=min(BOOTSTRAP_CHUNK, resamples - start)
+        )
+        s = resampled_macro_f1(true_index, student_index, counts, len(labels))
+        t = resampled_macro_f1(true_index, teacher_index, counts, len(labels))
+        ratios.append(s[t > 0] / t[t > 0])
+    tail = (1.0 - level) / 2 * 100
+    return float(np.percentile(np.concatenate(ratios), tail)), float(np.percentile(np.concatenate(ratios), 100 - tail))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -319,8 +365,10 @@ def _evaluate(
         params = (
             (student["parameters"] / teacher["parameters"]) if student["parameters"] and teacher["parameters"] else None
         )
+        interval = bootstrap_f1_ratio(test.labels, scores["student"]["predicted"], scores["teacher"]["predicted"])
         report["ratios"] = {
             "f1": student["macro_f1"] / teacher["macro_f1"] if teacher["macro_f1"] else None,
+            "f1_interval_95": list(interval) if teacher["macro_f1"] else None,
             "agreement": float(agreement),
             "latency_p50": student["latency_ms"]["p50"] / teacher["latency_ms"]["p50"],
             "latency_p95": student["latency_ms"]["p95"] / teacher["latency_ms"]["p95"],
@@ -345,6 +393,10 @@ def _json_default(value: Any) -> Any:
 
 def _fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "–" if not bounds else f"{bounds[0]:.3f} to {bounds[1]:.3f}"
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -375,7 +427,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             "",
             "| student / teacher | value |",
             "|---|---|",
-            f"| macro-F1 ratio | {_fmt(r['f1'], '.4f')} |",
+            f"| macro-F1 ratio (95% paired bootstrap over the test rows) | {_fmt(r['f1'], '.4f')} "
+            f"({_interval(r.get('f1_interval_95'))}) |",
             f"| agreement (same predicted label) | {r['agreement']:.4f} |",
             f"| latency ratio p50 / p95 | {r['latency_p50']:.4f} / {r['latency_p95']:.4f} |",
             f"| parameter ratio | {_fmt(r['parameters'], '.4f')} |",
