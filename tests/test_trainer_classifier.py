@@ -290,6 +290,7 @@ def test_bootstrap_interval_of_the_f1_ratio_is_paired_and_narrows_with_more_rows
     low, high = bootstrap_f1_ratio(true, student, teacher)
     assert low < macro_f1(true, student) / macro_f1(true, teacher) < high < 1.0 + 0.1
     assert bootstrap_f1_ratio(true, teacher, teacher) == (1.0, 1.0)  # the same predictions on every draw
+    assert bootstrap_f1_ratio(true, student, ["wrong"] * len(true)) is None  # a teacher always wrong: no ratio
     big_low, big_high = bootstrap_f1_ratio(*task(3000))
     assert big_high - big_low < (high - low) / 2  # ten times the rows: about a third of the width
 

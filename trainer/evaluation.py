@@ -130,28 +130,32 @@ def bootstrap_f1_ratio(
     resamples: int = BOOTSTRAP_RESAMPLES,
     level: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float]:
+) -> tuple[float, float] | None:
     """A paired bootstrap interval of macro-F1(student) / macro-F1(teacher) over the test rows.
 
     Each draw takes the test rows with replacement and scores both models on the same draw, so
     the interval says how far the ratio could move on another test set like this one: on a few
-    hundred examples that is often more than the gap it is read against."""
+    hundred examples that is often more than the gap it is read against. None when the teacher
+    scores 0 on every draw."""
     labels = sorted(set(true) | set(student) | set(teacher))
     index = {label: i for i, label in enumerate(labels)}
     true_index, student_index, teacher_index = (
         np.array([index[x] for x in column]) for column in (true, student, teacher)
     )
     rng = np.random.default_rng(seed)
-    ratios = []
+    chunks = []
     for start in range(0, resamples, BOOTSTRAP_CHUNK):  # memory: chunk x test rows
         counts = rng.multinomial(
             len(true), np.full(len(true), 1.0 / len(true)), size=min(BOOTSTRAP_CHUNK, resamples - start)
         )
         s = resampled_macro_f1(true_index, student_index, counts, len(labels))
         t = resampled_macro_f1(true_index, teacher_index, counts, len(labels))
-        ratios.append(s[t > 0] / t[t > 0])
+        chunks.append(s[t > 0] / t[t > 0])
+    ratios = np.concatenate(chunks)
+    if ratios.size == 0:  # the teacher gets nothing right on any draw: there is no ratio to bound
+        return None
     tail = (1.0 - level) / 2 * 100
-    return float(np.percentile(np.concatenate(ratios), tail)), float(np.percentile(np.concatenate(ratios), 100 - tail))
+    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -366,9 +370,10 @@ def _evaluate(
             (student["parameters"] / teacher["parameters"]) if student["parameters"] and teacher["parameters"] else None
         )
         interval = bootstrap_f1_ratio(test.labels, scores["student"]["predicted"], scores["teacher"]["predicted"])
+        interval = list(interval) if interval and teacher["macro_f1"] else None
         report["ratios"] = {
             "f1": student["macro_f1"] / teacher["macro_f1"] if teacher["macro_f1"] else None,
-            "f1_interval_95": list(interval) if teacher["macro_f1"] else None,
+            "f1_interval_95": interval,
             "agreement": float(agreement),
             "latency_p50": student["latency_ms"]["p50"] / teacher["latency_ms"]["p50"],
             "latency_p95": student["latency_ms"]["p95"] / teacher["latency_ms"]["p95"],
