@@ -262,8 +262,16 @@ def main() -> None:
             )
             teacher_report = teacher_report or report
             runs[kind].append(report["student"])
+            interval = (report.get("ratios") or {}).get("f1_interval_95")
+            spread = (
+                f" (F1 / teacher {report['ratios']['f1']:.3f}, 95% bootstrap over the test rows "
+                f"{interval[0]:.3f} to {interval[1]:.3f})"
+                if interval
+                else ""
+            )
             console.print(
                 f"{kind} seed {seed}: macro-F1 {report['student']['macro_f1']:.4f} ECE {report['student']['ece']:.4f}"
+                f"{spread}"
             )
     teacher = teacher_report["teacher"]
     test = TestSet(test_file, test_split["text"].to_list(), test_split["label"].to_list())

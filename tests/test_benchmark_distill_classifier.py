@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,8 @@ def test_benchmark_runs_on_a_tiny_task(tmp_path, suffix):
     assert 0 < float(values["teacher_f1"]) <= 1 and 0 < float(values["kd_f1"]) <= 1
     assert float(values["latency_ratio"]) < 1  # the student is faster than the teacher
     assert (tmp_path / "work" / "eval-kd-0" / "evaluation.md").is_file()
+    printed = " ".join(done.stdout.split())  # rich wraps long lines
+    assert re.search(r"kd seed 0: .*95% bootstrap over the test rows \d\.\d{3} to \d\.\d{3}", printed)
 
 
 def test_benchmark_names_a_missing_column(tmp_path):
