@@ -46,7 +46,7 @@ from factory.schema import record_id  # noqa: E402
 from factory.teachers import ClassifierTeacherConfig, TeacherRequest, build_teacher, train_encoder_head  # noqa: E402
 from trainer.augment import perturbed_copies  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.evaluation import TeacherPredictor, TestSet, evaluate, score  # noqa: E402
+from trainer.evaluation import TeacherPredictor, TestSet, evaluate, interval_text, score  # noqa: E402
 from trainer.training import train  # noqa: E402
 
 INSTRUCTION = "Classify this text."
@@ -265,7 +265,7 @@ def main() -> None:
             interval = (report.get("ratios") or {}).get("f1_interval_95")
             spread = (
                 f" (F1 / teacher {report['ratios']['f1']:.3f}, 95% bootstrap over the test rows "
-                f"{interval[0]:.3f} to {interval[1]:.3f})"
+                f"{interval_text(interval)})"
                 if interval
                 else ""
             )

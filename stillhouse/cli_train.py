@@ -54,7 +54,7 @@ def eval_command(
     latency_examples: Annotated[int, typer.Option("--latency-examples", help="Single-example calls timed.")] = 200,
 ) -> None:
     """Score a student (and its teacher) on a human-labelled test set: F1, agreement, ECE, latency, cost."""
-    from trainer.evaluation import evaluate
+    from trainer.evaluation import evaluate, interval_text
 
     report = evaluate(
         model_dir,
@@ -76,7 +76,7 @@ def eval_command(
     if "ratios" in report:
         r = report["ratios"]
         interval = r.get("f1_interval_95")
-        spread = f" (95% bootstrap {interval[0]:.3f} to {interval[1]:.3f})" if interval else ""
+        spread = f" (95% bootstrap {interval_text(interval)})" if interval else ""
         console.print(
             f"ratios: F1 {r['f1']:.4f}{spread}  agreement {r['agreement']:.4f}  latency p50 {r['latency_p50']:.4f}"
         )

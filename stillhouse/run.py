@@ -602,6 +602,8 @@ def summary_table(result: RunResult) -> Table:
 
 def evaluation_table(evaluation: dict[str, Any]) -> Table:
     """The student-vs-teacher table printed at the end of a run with evaluation."""
+    from trainer.evaluation import interval_text  # only runs with an evaluation: the import is due anyway
+
     table = Table(
         "metric", "student", "teacher", "student / teacher", title="student vs teacher (human-labelled test set)"
     )
@@ -622,8 +624,8 @@ def evaluation_table(evaluation: dict[str, Any]) -> Table:
         ratio = f"{s / t:.3f}" if isinstance(t, (int, float)) and t else "-"
         interval = _dig(evaluation, ("ratios", "f1_interval_95")) if path == ("macro_f1",) else None
         if interval:  # what another test set of this size could show: read the gap against it
-            ratio += f" ({interval[0]:.3f}-{interval[1]:.3f})"
-            table.caption = "(a-b): 95% paired bootstrap interval of the ratio over the test rows"
+            ratio += f" ({interval_text(interval)})"
+            table.caption = "(a to b): 95% paired bootstrap interval of the ratio over the test rows"
         table.add_row(label, _fmt(s), _fmt(t), ratio)
     agreement = _dig(evaluation, ("ratios", "agreement"))
     if agreement is not None:

@@ -62,7 +62,7 @@ def test_a_second_run_reuses_every_step_and_prints_the_same_figures(tmp_path, ru
     # the F1 ratio comes with its bootstrap interval over the test rows
     interval = json.loads((tmp_path / "runs" / "quickstart" / "eval" / "evaluation.json").read_text())
     low, high = interval["ratios"]["f1_interval_95"]
-    assert low <= interval["ratios"]["f1"] <= high and f"({low:.3f}-{high:.3f})" in figures(second)
+    assert low <= interval["ratios"]["f1"] <= high and f"({low:.3f} to {high:.3f})" in figures(second)
     assert [p.name for p in sorted((tmp_path / "datasets" / "tickets").glob("v*"))] == ["v1"]
     # the student matched the teacher on the teacher's own examples too (none of them is in the pool)
     provenance = json.loads(

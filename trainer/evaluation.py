@@ -369,11 +369,11 @@ def _evaluate(
         params = (
             (student["parameters"] / teacher["parameters"]) if student["parameters"] and teacher["parameters"] else None
         )
+        # None when the teacher scores 0 (then on every draw too)
         interval = bootstrap_f1_ratio(test.labels, scores["student"]["predicted"], scores["teacher"]["predicted"])
-        interval = list(interval) if interval and teacher["macro_f1"] else None
         report["ratios"] = {
             "f1": student["macro_f1"] / teacher["macro_f1"] if teacher["macro_f1"] else None,
-            "f1_interval_95": interval,
+            "f1_interval_95": list(interval) if interval else None,
             "agreement": float(agreement),
             "latency_p50": student["latency_ms"]["p50"] / teacher["latency_ms"]["p50"],
             "latency_p95": student["latency_ms"]["p95"] / teacher["latency_ms"]["p95"],
@@ -400,7 +400,8 @@ def _fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _interval(bounds: list[float] | None) -> str:
+def interval_text(bounds: list[float] | None) -> str:
+    """An interval as printed everywhere (report, CLI, run table, benchmark): "0.897 to 0.970"."""
     return "–" if not bounds else f"{bounds[0]:.3f} to {bounds[1]:.3f}"
 
 
@@ -433,7 +434,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             "| student / teacher | value |",
             "|---|---|",
             f"| macro-F1 ratio (95% paired bootstrap over the test rows) | {_fmt(r['f1'], '.4f')} "
-            f"({_interval(r.get('f1_interval_95'))}) |",
+            f"({interval_text(r.get('f1_interval_95'))}) |",
             f"| agreement (same predicted label) | {r['agreement']:.4f} |",
             f"| latency ratio p50 / p95 | {r['latency_p50']:.4f} / {r['latency_p95']:.4f} |",
             f"| parameter ratio | {_fmt(r['parameters'], '.4f')} |",
