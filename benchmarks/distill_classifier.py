@@ -191,6 +191,9 @@ def main() -> None:
     parser.add_argument(
         "--pooling", choices=["attention", "mean"], default=None, help="a matched static student's student.pooling"
     )
+    parser.add_argument(
+        "--context-heads", type=int, default=None, help="a matched static student's student.context_heads (0: none)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="work directory [default: a temporary one]")
     parser.add_argument("--name", default="task", help="dataset name for the published version")
     parser.add_argument("--latency-examples", type=int, default=200)
@@ -236,7 +239,7 @@ def main() -> None:
     overrides = {}
     if args.student:
         overrides["student"] = {"type": args.student}
-    for knob in ("match_texts", "pooling"):
+    for knob in ("match_texts", "pooling", "context_heads"):
         if (value := getattr(args, knob)) is not None:
             overrides["student"] = {"type": "static_embedding", **overrides.get("student", {}), knob: value}
     if args.epochs:

@@ -359,7 +359,7 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     publish_tickets(root)
     version = DatasetStore(root).resolve("tickets@latest")
 
-    student = StaticEmbeddingStudent(encoder=teacher, dim=32, val_fraction=0.2, match_epochs=5)
+    student = StaticEmbeddingStudent(encoder=teacher, dim=32, val_fraction=0.2, match_epochs=5, context_heads=4)
     model, _, space = build_student(student, LABELS, version)
     assert space is not None and space.dim == 384 and model.net.projection.out_features == 384
     head = TeacherSpace.of(str(teacher))
@@ -400,6 +400,14 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     assert reloaded.net.residual is not None and float(reloaded.net.residual[2].weight.detach().abs().max()) > 0
     # so was the pooling query (it starts at zero, the plain mean)
     assert reloaded.net.query is not None and float(reloaded.net.query.detach().abs().max()) > 0
+    # and the context layer (its output starts at zero), saved with its heads
+    assert saved["context_heads"] == student.context_heads == reloaded.net.context_heads > 0
+    assert float(reloaded.net.context.out.weight.detach().abs().max()) > 0
+    # the teacher's token vectors line up with the student's ids, one per token, [CLS] and [SEP] left out
+    texts = ["hello, my debit card is gone", "pin?", "i lost my card and i cannot find it anywhere at all"]
+    sentences, tokens = head.embeddings_and_tokens(texts)
+    assert [t.shape[0] for t in tokens] == [len(ids) for ids in reloaded.featurizer.ids_list(texts)]
+    torch.testing.assert_close(sentences, head.embeddings(texts), atol=1e-4, rtol=0)
 
 
 def test_match_data_without_its_text_column_names_the_file_and_the_columns(tmp_path):
@@ -567,3 +575,36 @@ def test_attention_pooling_starts_as_the_mean_weighs_tokens_by_their_vectors_and
     assert pooled[0, 0] > 0.95 and pooled[0, 1] < 0.05
     torch.testing.assert_close(pooled[2], torch.zeros(2))  # not NaN
     assert torch.isfinite(net(ids)).all()
+
+
+def test_a_context_layer_starts_at_the_static_vectors_reads_word_order_and_ignores_padding():
+    from trainer.bag_model import BagNet
+
+    generator = torch.Generator().manual_seed(0)
+    net = BagNet(50, 8, 3, space_dim=6, pooling="attention", context_heads=2)
+    bag = BagNet(50, 8, 3, space_dim=6, pooling="attention")
+    bag.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("context.")})
+    ids = torch.tensor([[5, 9, 12, 0], [12, 9, 5, 0]])  # the same words in another order, padded
+    with torch.no_grad():  # a zero output projection: the static vectors plus their (small) positions
+        start = net.token_vectors(ids)
+        torch.testing.assert_close(start, net.embedding(ids) + net.context.positions.weight[:4])
+        net.context.out.weight.normal_(generator=generator)
+        net.context.qkv.weight.normal_(generator=generator)
+        reordered = net.features(ids)
+        padded = net.features(torch.tensor([[5, 9, 12, 0, 0, 0, 0]]))
+    torch.testing.assert_close(bag.features(ids)[0], bag.features(ids)[1])  # a bag cannot tell the orders apart
+    assert float((reordered[0] - reordered[1]).abs().max()) > 1e-3  # the context layer can
+    torch.testing.assert_close(padded[0], reordered[0])  # padding is never attended to
+
+
+def test_token_matching_counts_the_tokens_both_models_have():
+    from trainer.classifier import token_match_loss
+
+    generator = torch.Generator().manual_seed(0)
+    predicted = torch.randn(2, 5, 4, generator=generator)
+    ids = torch.tensor([[3, 4, 5, 6, 7], [3, 4, 0, 0, 0]])
+    # the teacher truncated the first row after 4 tokens; the second has 2 tokens and padding
+    targets = [predicted[0, :4].clone().half().float(), predicted[1, :2].clone()]
+    assert float(token_match_loss(predicted, targets, ids)) < 1e-3
+    targets[1] = -targets[1]  # opposite vectors: 1 - cosine = 2 on 2 of the 6 tokens counted
+    assert float(token_match_loss(predicted, targets, ids)) == pytest.approx(2 * 2 / 6, abs=1e-3)

@@ -86,6 +86,39 @@ class Featurizer:
 
 
 Pooling = Literal["mean", "attention"]
+MAX_POSITIONS = 256  # the token featurizer's max_length
+
+
+class ContextAttention(nn.Module):
+    """One pre-norm multi-head self-attention layer with a residual and learned positions, no feed-forward:
+    it lets a token's vector depend on its neighbours and their order ("not good", "charged twice") at a
+    few small ops per prediction. The output projection starts at zero, so the layer starts as the identity
+    (the static vectors). Written with plain matmuls so that it exports to ONNX as it runs in torch."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise StillhouseError(f"student.context_heads: {heads} does not divide the width {dim}")
+        self.heads = heads
+        self.positions = nn.Embedding(MAX_POSITIONS, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+
+    def forward(self, vectors: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L, dim] token vectors of [B, L] ids (0: padding) -> [B, L, dim] in context."""
+        x = vectors + self.positions.weight[: vectors.shape[1]]
+        # [B, L, 3 * dim] -> [3, B, heads, L, dim / heads]; shapes by -1 and flatten so an ONNX export stays dynamic
+        qkv = self.qkv(self.norm(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        scores = scores.masked_fill((ids == 0)[:, None, None, :], -1e4)  # padding is never attended to
+        attended = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).flatten(2)
+        return x + self.out(attended)
 
 
 class BagNet(nn.Module):
@@ -100,6 +133,10 @@ class BagNet(nn.Module):
     (a linear map plus, with `hidden`, a residual one-hidden-layer MLP; unit length) and the
     output layer is a head over that space: a student trained to point where the teacher's
     sentence embeddings point can use the teacher's own head (trainer/static_student.py).
+
+    With `context_heads`, one self-attention layer (ContextAttention) puts the token vectors in
+    context before pooling; a matched student trains it to reproduce the teacher's own contextual
+    token vectors, which carry word order that a bag of vectors cannot.
     """
 
     def __init__(
@@ -110,9 +147,11 @@ class BagNet(nn.Module):
         space_dim: int | None = None,
         hidden: int = 0,
         pooling: Pooling = "mean",
+        context_heads: int = 0,
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
+        self.context = ContextAttention(dim, context_heads) if context_heads else None
         # starts at zero: uniform weights, the plain mean
         self.query = nn.Parameter(torch.zeros(dim)) if pooling == "attention" else None
         self.projection = nn.Linear(dim, space_dim) if space_dim else None
@@ -133,9 +172,25 @@ class BagNet(nn.Module):
     def pooling(self) -> Pooling:
         return "mean" if self.query is None else "attention"
 
-    def pool(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] ids (0: padding) -> [B, dim]: the mean of the embeddings, or their attention-weighted sum."""
+    @property
+    def context_heads(self) -> int:
+        return self.context.heads if self.context is not None else 0
+
+    def clip(self, ids: torch.Tensor) -> torch.Tensor:
+        """The ids a context layer has positions for (all of them without one)."""
+        return ids[:, :MAX_POSITIONS] if self.context is not None else ids
+
+    def token_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] clipped ids -> [B, L, dim]: the embeddings, in context when the net has a context layer."""
         embedded = self.embedding(ids)
+        return self.context(embedded, ids) if self.context is not None else embedded
+
+    def pool(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids (0: padding) -> [B, dim]: the mean of the token vectors, or their attention-weighted sum."""
+        ids = self.clip(ids)
+        return self.pool_vectors(self.token_vectors(ids), ids)
+
+    def pool_vectors(self, embedded: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if self.query is None:
             mask = (ids > 0).unsqueeze(-1).to(embedded.dtype)
             return (embedded * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -145,7 +200,12 @@ class BagNet(nn.Module):
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """What the output layer reads: the pooled vector, or its unit-length image in the teacher's space."""
-        pooled = self.pool(ids)
+        ids = self.clip(ids)
+        return self.features_of(self.token_vectors(ids), ids)
+
+    def features_of(self, vectors: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """features() from the [B, L, dim] token vectors of `ids` (so a caller can reuse them)."""
+        pooled = self.pool_vectors(vectors, ids)
         if self.projection is None:
             return pooled
         mapped = self.projection(pooled)
@@ -154,8 +214,8 @@ class BagNet(nn.Module):
         return nn.functional.normalize(mapped, dim=-1)
 
     def space_parameters(self) -> list[nn.Parameter]:
-        """The dense parameters before the output layer: pooling query and map into the teacher's space."""
-        modules = [m for m in (self.projection, self.residual) if m is not None]
+        """The dense parameters before the output layer: context layer, pooling query, map into the teacher's space."""
+        modules = [m for m in (self.context, self.projection, self.residual) if m is not None]
         query = [self.query] if self.query is not None else []
         return query + [p for module in modules for p in module.parameters()]
 
@@ -194,9 +254,10 @@ class BagClassifier:
         space_dim: int | None = None,
         hidden: int = 0,
         pooling: Pooling = "mean",
+        context_heads: int = 0,
     ) -> BagClassifier:
         """A student whose token embeddings start from `vectors` [vocab + 1, dim] (row 0: padding)."""
-        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels), space_dim, hidden, pooling)
+        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels), space_dim, hidden, pooling, context_heads)
         with torch.no_grad():
             net.embedding.weight.copy_(torch.from_numpy(vectors))
         return cls(featurizer, net, labels)
@@ -231,6 +292,7 @@ class BagClassifier:
             "space_dim": self.net.projection.out_features if self.net.projection is not None else None,
             "hidden": self.net.residual[0].out_features if self.net.residual is not None else 0,
             "pooling": self.net.pooling,
+            "context_heads": self.net.context_heads,
             "temperature": self.temperature,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -262,6 +324,7 @@ class BagClassifier:
             config.get("space_dim"),
             config.get("hidden", 0),
             config.get("pooling", "mean"),
+            config.get("context_heads", 0),
         )
         net.load_state_dict(load_file(str(directory / "model.safetensors")))
         net.eval()

@@ -47,6 +47,9 @@ HEAD_LR = 1e-3  # Adam, the matched student's head on the labels
 # transfer set (257 unknowns per target dimension): on 352 quickstart rows it started matching at
 # macro-F1 0.43 and ended at 0.67; with this penalty 0.74 and 0.78. On 1,000+ rows it changes nothing.
 MATCH_INIT_RIDGE = 1.0
+# Weight of the token-vector loss beside the sentence loss (context layers only). Chosen on the quickstart's
+# held-out training rows: cosine to the teacher 0.939 at 0.3, 0.937 at 1.0 (0.925 without the layer).
+TOKEN_MATCH_WEIGHT = 0.3
 MAX_COPIES = 16  # perturbed copies per text at most: the most measured (SST-2 held-out cosine still rose to it)
 
 
@@ -137,6 +140,7 @@ def build_student(
         space.dim if space else None,
         student.hidden,
         student.pooling if space else "mean",
+        student.context_heads if space else 0,  # trained on the teacher's token vectors, so matched students only
     )
     if space is not None:
         with torch.no_grad():
@@ -164,6 +168,20 @@ def match_data_texts(student: StaticEmbeddingStudent, exclude: set[str]) -> list
     return [text for text in texts if text not in exclude]
 
 
+def token_match_loss(predicted: torch.Tensor, targets: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cosine between the student's [B, L, dim] token predictions and the teacher's token vectors
+    (one [tokens, dim] tensor per row) over the tokens both have (the teacher may truncate sooner)."""
+    target = torch.zeros_like(predicted)
+    mask = torch.zeros(predicted.shape[:2], dtype=torch.bool)
+    for i, row in enumerate(targets):
+        length = min(row.shape[0], predicted.shape[1])
+        target[i, :length] = row[:length].float()
+        mask[i, :length] = True
+    mask &= ids[:, : predicted.shape[1]] > 0
+    cosine = torch.nn.functional.cosine_similarity(predicted, target, dim=-1)
+    return ((1.0 - cosine) * mask).sum() / mask.sum().clamp(min=1)
+
+
 def match_teacher_space(
     net: BagNet,
     ids_for: Callable[[list[int]], torch.Tensor],
@@ -173,10 +191,13 @@ def match_teacher_space(
     epochs: int,
     batch_size: int,
     seed: int,
+    token_targets: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Train embeddings and the map into the teacher's space so that the student's unit vector points where
     the teacher's does (loss: 1 - cosine); keep the epoch with the lowest held-out loss (every epoch without
-    held-out rows)."""
+    held-out rows). A net with a context layer also learns, through the same linear map, the teacher's
+    contextual vector of every token (`token_targets`, weight TOKEN_MATCH_WEIGHT): 20 or so targets per
+    text where the sentence gives one, which is what teaches the layer word order."""
     with torch.no_grad():  # start from the ridge map of the pooled vectors onto the targets
         pooled = net.pool(ids_for(train_rows))
         design = torch.cat([pooled, torch.ones(len(train_rows), 1)], dim=1)
@@ -189,12 +210,23 @@ def match_teacher_space(
     sparse = torch.optim.SparseAdam(list(net.embedding.parameters()), lr=MATCH_LR)
     dense = torch.optim.Adam(net.space_parameters(), lr=MATCH_LR)
 
-    def loss_on(rows: list[int]) -> torch.Tensor:
+    by_tokens = token_targets is not None and net.context is not None
+
+    def sentence_loss(rows: list[int]) -> torch.Tensor:
         return 1.0 - (net.features(ids_for(rows)) * targets[rows]).sum(-1).mean()
+
+    def loss_on(rows: list[int]) -> torch.Tensor:
+        if not by_tokens:
+            return sentence_loss(rows)
+        ids = net.clip(ids_for(rows))
+        vectors = net.token_vectors(ids)
+        sentence = 1.0 - (net.features_of(vectors, ids) * targets[rows]).sum(-1).mean()
+        tokens = token_match_loss(net.projection(vectors), [token_targets[r] for r in rows], ids)
+        return sentence + TOKEN_MATCH_WEIGHT * tokens
 
     def held_loss() -> float:
         with torch.no_grad():
-            return float(loss_on(held_rows)) if held_rows else 0.0
+            return float(sentence_loss(held_rows)) if held_rows else 0.0
 
     best, best_state, best_epoch = held_loss(), copy.deepcopy(net.state_dict()), 0
     from tqdm.auto import tqdm
@@ -256,11 +288,23 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
         copies = [text for text, _ in perturbed_copies(originals, n_copies, config.seed)]
         # rows frame.height.. of ids_for and targets are the match_data texts, then the copies
         features += model.featurizer.ids_list(extra + copies)
-        targets = space.embeddings(texts + extra + copies)
+        if model.net.context is not None:
+            targets, token_targets = space.embeddings_and_tokens(texts + extra + copies)
+        else:
+            targets, token_targets = space.embeddings(texts + extra + copies), None
         match_rows = train_rows + list(range(frame.height, frame.height + len(extra) + len(copies)))
         matched = match_teacher_space(
-            model.net, ids_for, targets, match_rows, val_rows, student.match_epochs, config.batch_size, config.seed
+            model.net,
+            ids_for,
+            targets,
+            match_rows,
+            val_rows,
+            student.match_epochs,
+            config.batch_size,
+            config.seed,
+            token_targets,
         )
+        del token_targets  # 400 MB or so on 20,000 texts
         matched.update(match_data_texts=len(extra), copies=len(copies))
         # then only the head learns the dataset's labels (a reviewer's corrections among them): training
         # the matched vectors on 12 probabilities a row undoes what 384 numbers a row taught them

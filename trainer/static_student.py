@@ -215,6 +215,20 @@ class TeacherSpace:
         weight, bias = self.head_for(labels)
         return torch.softmax((embeddings @ weight.T + bias) / self.temperature, dim=-1)
 
+    def embeddings_and_tokens(self, texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teacher's unit-length sentence embeddings [len(texts), dim] and, per text, its contextual token
+        vectors without [CLS] and [SEP] ([tokens, dim], float16: a token per id of the student's featurizer)."""
+        from factory.teachers.classifier import load_encoder
+
+        encoder = load_encoder(self.encoder)
+        outputs = encoder.encode(texts, batch_size=batch_size, output_value=None, show_progress_bar=len(texts) > 2000)
+        sentences = torch.stack([out["sentence_embedding"].float().cpu() for out in outputs])
+        tokens = []
+        for out in outputs:  # batches are padded: the attention mask says where each text ends
+            length = int(out["attention_mask"].sum())
+            tokens.append(out["token_embeddings"][1 : length - 1].detach().cpu().half())
+        return torch.nn.functional.normalize(sentences, dim=-1), tokens
+
     def embeddings(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """The teacher's sentence embedding of every text, unit length: [len(texts), dim]."""
         from factory.teachers.classifier import load_encoder
