@@ -86,14 +86,16 @@ class Featurizer:
 
 
 Pooling = Literal["mean", "attention"]
-MAX_POSITIONS = 256  # the token featurizer's max_length
+# tokens a static student reads (TokenFeaturizer's max_length), so positions a context layer learns
+MAX_POSITIONS = 256
 
 
 class ContextAttention(nn.Module):
     """One pre-norm multi-head self-attention layer with a residual and learned positions, no feed-forward:
     it lets a token's vector depend on its neighbours and their order ("not good", "charged twice") at a
-    few small ops per prediction. The output projection starts at zero, so the layer starts as the identity
-    (the static vectors). Written with plain matmuls so that it exports to ONNX as it runs in torch."""
+    few small ops per prediction. The output projection starts at zero, so the layer starts as the static
+    vectors plus their small learned positions. Written with plain matmuls so that it exports to ONNX as
+    it runs in torch."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()

@@ -27,6 +27,7 @@ import torch
 from factory.atomic import atomic_path
 from factory.errors import StillhouseError
 from factory.teachers.errors import ModelNotFoundError
+from trainer.bag_model import MAX_POSITIONS
 
 TOKENIZER_SUBDIR = "tokenizer"
 
@@ -36,7 +37,7 @@ class TokenFeaturizer:
 
     kind = "tokens"
 
-    def __init__(self, tokenizer: Any, max_length: int = 256) -> None:
+    def __init__(self, tokenizer: Any, max_length: int = MAX_POSITIONS) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
 
     @property
@@ -73,7 +74,7 @@ class TokenFeaturizer:
         path = directory / TOKENIZER_SUBDIR
         if not path.is_dir():
             raise StillhouseError(f"{directory}: static-embedding student without its {TOKENIZER_SUBDIR}/ directory")
-        return cls(AutoTokenizer.from_pretrained(str(path)), settings.get("max_length", 256))
+        return cls(AutoTokenizer.from_pretrained(str(path)), settings.get("max_length", MAX_POSITIONS))
 
 
 def teacher_encoder_path(teacher_model: str | None) -> Path:
