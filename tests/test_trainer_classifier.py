@@ -359,7 +359,9 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     publish_tickets(root)
     version = DatasetStore(root).resolve("tickets@latest")
 
-    student = StaticEmbeddingStudent(encoder=teacher, dim=32, val_fraction=0.2, match_epochs=5, context_heads=4)
+    student = StaticEmbeddingStudent(
+        encoder=teacher, dim=32, val_fraction=0.2, match_epochs=5, context_heads=4, context_width=16
+    )
     model, _, space = build_student(student, LABELS, version)
     assert space is not None and space.dim == 384 and model.net.projection.out_features == 384
     head = TeacherSpace.of(str(teacher))
@@ -402,6 +404,7 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     assert reloaded.net.query is not None and float(reloaded.net.query.detach().abs().max()) > 0
     # and the context layer (its output starts at zero), saved with its heads
     assert saved["context_heads"] == student.context_heads == reloaded.net.context_heads > 0
+    assert saved["context_width"] == reloaded.net.context_width == 16 == reloaded.net.context.qkv.out_features / 3
     assert float(reloaded.net.context.out.weight.detach().abs().max()) > 0
     # the teacher's token vectors line up with the student's ids, one per token, [CLS] and [SEP] left out
     texts = ["hello, my debit card is gone", "pin?", "i lost my card and i cannot find it anywhere at all"]
@@ -597,6 +600,23 @@ def test_a_context_layer_starts_at_the_static_vectors_reads_word_order_and_ignor
     torch.testing.assert_close(padded[0], reordered[0])  # padding is never attended to
 
 
+def test_a_context_layer_saved_before_its_width_was_a_setting_loads_at_the_full_width(tmp_path):
+    from trainer.bag_model import BagNet, Featurizer
+
+    featurizer = Featurizer(buckets=64)
+    net = BagNet(64, 8, 3, space_dim=6, pooling="attention", context_heads=2, context_width=8)
+    with torch.no_grad():
+        net.context.out.weight.normal_()  # not the zero it starts at, so that the layer counts
+    model = BagClassifier(featurizer, net, ["a", "b", "c"])
+    model.save_pretrained(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    del config["context_width"]
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    reloaded = BagClassifier.from_pretrained(tmp_path / "model")
+    assert reloaded.net.context_width == 8
+    np.testing.assert_array_equal(reloaded.predict_proba(["a b", "c"]), model.predict_proba(["a b", "c"]))
+
+
 def test_token_matching_counts_the_tokens_both_models_have():
     from trainer.classifier import token_match_loss
 
@@ -608,3 +628,26 @@ def test_token_matching_counts_the_tokens_both_models_have():
     assert float(token_match_loss(predicted, targets, ids)) < 1e-3
     targets[1] = -targets[1]  # opposite vectors: 1 - cosine = 2 on 2 of the 6 tokens counted
     assert float(token_match_loss(predicted, targets, ids)) == pytest.approx(2 * 2 / 6, abs=1e-3)
+    # a share of the positions: columns 0, 3 and 4 count where both models have a token (row 0: 0 and 3,
+    # the teacher stopped before 4; row 1: 0, the rest is padding), so one of three tokens is opposite
+    positions = torch.tensor([0, 3, 4])
+    loss = token_match_loss(predicted[:, positions], targets, ids, positions)
+    assert float(loss) == pytest.approx(2 * 1 / 3, abs=1e-3)
+
+
+def test_length_grouped_batches_cover_every_item_once_with_little_padding():
+    from trainer.loop import epoch_order, length_grouped_batches
+
+    lengths = [int(n) for n in torch.randint(1, 80, (1000,), generator=torch.Generator().manual_seed(0))]
+    order = epoch_order(1000, seed=0, epoch=0)
+    batches = length_grouped_batches(order, lengths, batch_size=32, seed=0, epoch=0, group=10)
+    assert sorted(item for batch in batches for item in batch) == list(range(1000))
+    assert all(len(batch) <= 32 for batch in batches)
+
+    def padded(bs: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    plain = [order[i : i + 32] for i in range(0, 1000, 32)]
+    assert padded(batches) < 0.7 * padded(plain)
+    assert batches == length_grouped_batches(order, lengths, 32, seed=0, epoch=0, group=10)  # reproducible
+    assert batches != length_grouped_batches(order, lengths, 32, seed=0, epoch=1, group=10)  # reshuffled by epoch

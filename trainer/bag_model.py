@@ -93,19 +93,20 @@ MAX_POSITIONS = 256
 class ContextAttention(nn.Module):
     """One pre-norm multi-head self-attention layer with a residual and learned positions, no feed-forward:
     it lets a token's vector depend on its neighbours and their order ("not good", "charged twice") at a
-    few small ops per prediction. The output projection starts at zero, so the layer starts as the static
-    vectors plus their small learned positions. Written with plain matmuls so that it exports to ONNX as
-    it runs in torch."""
+    few small ops per prediction. Queries, keys and values are `width` wide (narrower than the token
+    vectors: the layer adds a low-rank correction to them, at a quarter of the matmuls). The output
+    projection starts at zero, so the layer starts as the static vectors plus their small learned
+    positions. Written with plain matmuls so that it exports to ONNX as it runs in torch."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, width: int) -> None:
         super().__init__()
-        if dim % heads:
-            raise StillhouseError(f"student.context_heads: {heads} does not divide the width {dim}")
+        if width % heads:
+            raise StillhouseError(f"student.context_width: {width} is not a multiple of student.context_heads {heads}")
         self.heads = heads
         self.positions = nn.Embedding(MAX_POSITIONS, dim)
         self.norm = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * width)
+        self.out = nn.Linear(width, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         with torch.no_grad():
             self.out.weight.zero_()
@@ -114,7 +115,7 @@ class ContextAttention(nn.Module):
     def forward(self, vectors: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """[B, L, dim] token vectors of [B, L] ids (0: padding) -> [B, L, dim] in context."""
         x = vectors + self.positions.weight[: vectors.shape[1]]
-        # [B, L, 3 * dim] -> [3, B, heads, L, dim / heads]; shapes by -1 and flatten so an ONNX export stays dynamic
+        # [B, L, 3 * width] -> [3, B, heads, L, width / heads]; shapes by -1 and flatten so an ONNX export stays dynamic
         qkv = self.qkv(self.norm(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
@@ -150,10 +151,11 @@ class BagNet(nn.Module):
         hidden: int = 0,
         pooling: Pooling = "mean",
         context_heads: int = 0,
+        context_width: int = 64,
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
-        self.context = ContextAttention(dim, context_heads) if context_heads else None
+        self.context = ContextAttention(dim, context_heads, context_width) if context_heads else None
         # starts at zero: uniform weights, the plain mean
         self.query = nn.Parameter(torch.zeros(dim)) if pooling == "attention" else None
         self.projection = nn.Linear(dim, space_dim) if space_dim else None
@@ -177,6 +179,10 @@ class BagNet(nn.Module):
     @property
     def context_heads(self) -> int:
         return self.context.heads if self.context is not None else 0
+
+    @property
+    def context_width(self) -> int:
+        return self.context.out.in_features if self.context is not None else 0
 
     def clip(self, ids: torch.Tensor) -> torch.Tensor:
         """The ids a context layer has positions for (all of them without one)."""
@@ -257,9 +263,12 @@ class BagClassifier:
         hidden: int = 0,
         pooling: Pooling = "mean",
         context_heads: int = 0,
+        context_width: int = 64,
     ) -> BagClassifier:
         """A student whose token embeddings start from `vectors` [vocab + 1, dim] (row 0: padding)."""
-        net = BagNet(vectors.shape[0], vectors.shape[1], len(labels), space_dim, hidden, pooling, context_heads)
+        net = BagNet(
+            vectors.shape[0], vectors.shape[1], len(labels), space_dim, hidden, pooling, context_heads, context_width
+        )
         with torch.no_grad():
             net.embedding.weight.copy_(torch.from_numpy(vectors))
         return cls(featurizer, net, labels)
@@ -295,6 +304,7 @@ class BagClassifier:
             "hidden": self.net.residual[0].out_features if self.net.residual is not None else 0,
             "pooling": self.net.pooling,
             "context_heads": self.net.context_heads,
+            "context_width": self.net.context_width,
             "temperature": self.temperature,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -327,6 +337,7 @@ class BagClassifier:
             config.get("hidden", 0),
             config.get("pooling", "mean"),
             config.get("context_heads", 0),
+            config.get("context_width") or config["dim"],  # models saved before the width was a setting: the full width
         )
         net.load_state_dict(load_file(str(directory / "model.safetensors")))
         net.eval()

@@ -88,6 +88,12 @@ class StaticEmbeddingStudent(BaseModel):
         "(SST-2, two seeds: 0.960 / 0.954 of the teacher against 0.946 / 0.951; 4 is a good value). 0: a bag "
         "of vectors. Unmatched students have none.",
     )
+    context_width: int = Field(
+        64,
+        ge=1,
+        description="Width of the context layer's queries, keys and values (a multiple of context_heads): the "
+        "layer adds a low-rank correction to the token vectors.",
+    )
     match_texts: int = Field(
         20000,
         ge=0,
