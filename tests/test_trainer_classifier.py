@@ -635,19 +635,18 @@ def test_token_matching_counts_the_tokens_both_models_have():
     assert float(loss) == pytest.approx(2 * 1 / 3, abs=1e-3)
 
 
-def test_length_grouped_batches_cover_every_item_once_with_little_padding():
-    from trainer.loop import epoch_order, length_grouped_batches
+def test_length_batches_cover_every_row_once_with_little_padding():
+    from factory.teachers.classifier import length_batches
 
     lengths = [int(n) for n in torch.randint(1, 80, (1000,), generator=torch.Generator().manual_seed(0))]
-    order = epoch_order(1000, seed=0, epoch=0)
-    batches = length_grouped_batches(order, lengths, batch_size=32, seed=0, epoch=0, group=10)
-    assert sorted(item for batch in batches for item in batch) == list(range(1000))
+    batches = length_batches(lengths, 32, torch.Generator().manual_seed(0))
+    assert sorted(row for batch in batches for row in batch) == list(range(1000))
     assert all(len(batch) <= 32 for batch in batches)
 
     def padded(bs: list[list[int]]) -> int:
         return sum(len(b) * max(lengths[i] for i in b) for b in bs)
 
-    plain = [order[i : i + 32] for i in range(0, 1000, 32)]
+    plain = [list(range(i, min(i + 32, 1000))) for i in range(0, 1000, 32)]
     assert padded(batches) < 0.7 * padded(plain)
-    assert batches == length_grouped_batches(order, lengths, 32, seed=0, epoch=0, group=10)  # reproducible
-    assert batches != length_grouped_batches(order, lengths, 32, seed=0, epoch=1, group=10)  # reshuffled by epoch
+    assert batches == length_batches(lengths, 32, torch.Generator().manual_seed(0))  # reproducible
+    assert batches != length_batches(lengths, 32, torch.Generator().manual_seed(1))

@@ -26,12 +26,12 @@ import torch
 
 from curation.store import DatasetVersion
 from factory.errors import StillhouseError
-from factory.teachers.classifier import fit_temperature
+from factory.teachers.classifier import fit_temperature, length_batches
 from trainer.augment import perturbed_copies
 from trainer.bag_model import BagClassifier, BagNet
 from trainer.config import HashedBagStudent, StaticEmbeddingStudent, TrainConfig
 from trainer.evaluation import read_text_table
-from trainer.loop import LoopResult, epoch_order, length_grouped_batches, run_loop, seed_everything
+from trainer.loop import LoopResult, epoch_order, run_loop, seed_everything
 from trainer.losses import classifier_kd_loss
 from trainer.static_student import (
     TeacherSpace,
@@ -245,10 +245,12 @@ def match_teacher_space(
     from tqdm.auto import tqdm
 
     for epoch in tqdm(range(epochs), desc="student: matching the teacher's embeddings", unit="epoch", leave=False):
-        order = [train_rows[i] for i in epoch_order(len(train_rows), seed, epoch)]
         if by_tokens and lengths is not None:  # attention's cost grows with the padded length
-            batches = length_grouped_batches(order, lengths, batch_size, seed, epoch)
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            batches = length_batches([lengths[r] for r in train_rows], batch_size, generator)
+            batches = [[train_rows[i] for i in batch] for batch in batches]
         else:
+            order = [train_rows[i] for i in epoch_order(len(train_rows), seed, epoch)]
             batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         for rows in batches:
             loss = loss_on(rows)

@@ -104,19 +104,6 @@ def epoch_order(n_items: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n_items, generator=generator).tolist()
 
 
-def length_grouped_batches(
-    order: list[int], lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group: int = 50
-) -> list[list[int]]:
-    """Batches of the shuffled `order` whose items have similar lengths, so that little of a batch is padding:
-    each run of `group` batches is sorted by length before it is cut (transformers' LengthGroupedSampler),
-    then the batches are shuffled."""
-    batches = []
-    for start in range(0, len(order), batch_size * group):
-        chunk = sorted(order[start : start + batch_size * group], key=lambda item: lengths[item])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in epoch_order(len(batches), seed + 1, epoch)]
-
-
 def _rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
