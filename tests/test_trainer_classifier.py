@@ -409,7 +409,7 @@ def test_static_student_matches_an_encoder_head_teacher_and_reuses_its_head(tmp_
     # the teacher's token vectors line up with the student's ids, one per token, [CLS] and [SEP] left out
     texts = ["hello, my debit card is gone", "pin?", "i lost my card and i cannot find it anywhere at all"]
     sentences, tokens = head.embeddings_and_tokens(texts)
-    assert [t.shape[0] for t in tokens] == [len(ids) for ids in reloaded.featurizer.ids_list(texts)]
+    assert tokens.lengths.tolist() == [len(ids) for ids in reloaded.featurizer.ids_list(texts)]
     torch.testing.assert_close(sentences, head.embeddings(texts), atol=1e-4, rtol=0)
 
 
@@ -619,20 +619,31 @@ def test_a_context_layer_saved_before_its_width_was_a_setting_loads_at_the_full_
 
 def test_token_matching_counts_the_tokens_both_models_have():
     from trainer.classifier import token_match_loss
+    from trainer.static_student import TokenVectors
 
     generator = torch.Generator().manual_seed(0)
     predicted = torch.randn(2, 5, 4, generator=generator)
     ids = torch.tensor([[3, 4, 5, 6, 7], [3, 4, 0, 0, 0]])
-    # the teacher truncated the first row after 4 tokens; the second has 2 tokens and padding
-    targets = [predicted[0, :4].clone().half().float(), predicted[1, :2].clone()]
-    assert float(token_match_loss(predicted, targets, ids)) < 1e-3
-    targets[1] = -targets[1]  # opposite vectors: 1 - cosine = 2 on 2 of the 6 tokens counted
-    assert float(token_match_loss(predicted, targets, ids)) == pytest.approx(2 * 2 / 6, abs=1e-3)
+    # the teacher truncated the first row after 4 tokens; the second has 2 tokens and padding; a third text
+    # sits between them in the store, so rows are found by where they start
+    teacher = TokenVectors.of([predicted[0, :4].half(), torch.ones(3, 4).half(), predicted[1, :2].half()])
+    assert teacher.lengths.tolist() == [4, 3, 2] and teacher.starts.tolist() == [0, 4, 7]
+
+    def loss(rows: list[int], positions: torch.Tensor) -> float:
+        targets, present = teacher.at(rows, positions)
+        return float(token_match_loss(predicted[:, positions], targets, present & (ids[:, positions] > 0)))
+
+    every = torch.arange(5)
+    assert loss([0, 2], every) < 1e-3
+    targets, present = teacher.at([0, 2], every)
+    assert present.tolist() == [[True] * 4 + [False], [True, True, False, False, False]]
+    assert float(targets[0, 4].abs().sum()) == 0.0  # zeros past a text's end
+    # the second row against the third text's opposite: 1 - cosine = 2 on 2 of the 6 tokens counted
+    teacher = TokenVectors.of([predicted[0, :4].half(), torch.ones(3, 4).half(), -predicted[1, :2].half()])
+    assert loss([0, 2], every) == pytest.approx(2 * 2 / 6, abs=1e-3)
     # a share of the positions: columns 0, 3 and 4 count where both models have a token (row 0: 0 and 3,
     # the teacher stopped before 4; row 1: 0, the rest is padding), so one of three tokens is opposite
-    positions = torch.tensor([0, 3, 4])
-    loss = token_match_loss(predicted[:, positions], targets, ids, positions)
-    assert float(loss) == pytest.approx(2 * 1 / 3, abs=1e-3)
+    assert loss([0, 2], torch.tensor([0, 3, 4])) == pytest.approx(2 * 1 / 3, abs=1e-3)
 
 
 def test_length_batches_cover_every_row_once_with_little_padding():

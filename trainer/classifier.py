@@ -36,6 +36,7 @@ from trainer.losses import classifier_kd_loss
 from trainer.static_student import (
     TeacherSpace,
     TokenFeaturizer,
+    TokenVectors,
     distill_token_embeddings,
     encoder_of,
     teacher_encoder_path,
@@ -171,21 +172,11 @@ def match_data_texts(student: StaticEmbeddingStudent, exclude: set[str]) -> list
     return [text for text in texts if text not in exclude]
 
 
-def token_match_loss(
-    predicted: torch.Tensor, targets: list[torch.Tensor], ids: torch.Tensor, positions: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean of 1 - cosine between the student's [B, P, dim] token predictions at `positions` (P columns of the
-    [B, L] ids; all L by default) and the teacher's token vectors (one [tokens, dim] tensor per row), over the
-    tokens both have (the teacher may truncate sooner; padding is left out)."""
-    columns = torch.arange(predicted.shape[1]) if positions is None else positions
-    target = torch.zeros_like(predicted)
-    mask = torch.zeros(predicted.shape[:2], dtype=torch.bool)
-    for i, row in enumerate(targets):
-        inside = columns < row.shape[0]
-        target[i, inside] = row[columns[inside]].float()
-        mask[i, inside] = True
-    mask &= ids[:, columns] > 0
-    cosine = torch.nn.functional.cosine_similarity(predicted, target, dim=-1)
+def token_match_loss(predicted: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cosine between the student's [B, P, dim] token predictions and the teacher's token vectors
+    [B, P, dim] over the [B, P] `mask` (tokens both models have: the teacher may truncate sooner, and padding
+    is left out)."""
+    cosine = torch.nn.functional.cosine_similarity(predicted, targets, dim=-1)
     return ((1.0 - cosine) * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -198,7 +189,7 @@ def match_teacher_space(
     epochs: int,
     batch_size: int,
     seed: int,
-    token_targets: list[torch.Tensor] | None = None,
+    token_targets: TokenVectors | None = None,
     lengths: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Train embeddings and the map into the teacher's space so that the student's unit vector points where
@@ -232,9 +223,8 @@ def match_teacher_space(
         # a random share of the positions: neighbouring tokens' targets say much the same, at a quarter of the cost
         length = ids.shape[1]
         positions = torch.randperm(length)[: max(1, round(length * TOKEN_MATCH_SHARE))].sort().values
-        tokens = token_match_loss(
-            net.projection(vectors[:, positions]), [token_targets[r] for r in rows], ids, positions
-        )
+        teacher, present = token_targets.at(rows, positions)
+        tokens = token_match_loss(net.projection(vectors[:, positions]), teacher, present & (ids[:, positions] > 0))
         return sentence + TOKEN_MATCH_WEIGHT * tokens
 
     def held_loss() -> float:

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,32 @@ def write_token_table(encoder_path: str, dim: int, batch_size: int, out: Path) -
         np.save(handle, table)
 
 
+@dataclass(frozen=True)
+class TokenVectors:
+    """Every text's token vectors in one float16 tensor [all tokens, dim], text after text (one tensor, not
+    20,000: a batch's targets are one gather)."""
+
+    vectors: torch.Tensor
+    lengths: torch.Tensor  # [texts]: tokens of each text
+    starts: torch.Tensor  # [texts]: row of each text's first token in `vectors`
+
+    @classmethod
+    def of(cls, per_text: list[torch.Tensor]) -> TokenVectors:
+        lengths = torch.tensor([t.shape[0] for t in per_text], dtype=torch.long)
+        return cls(torch.cat(per_text), lengths, torch.cumsum(lengths, 0) - lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def at(self, rows: list[int], positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vectors of `rows` at token `positions` [P]: ([len(rows), P, dim] float32, [len(rows), P] present),
+        zeros where a text has fewer tokens."""
+        rows_ = torch.tensor(rows, dtype=torch.long)
+        present = positions[None, :] < self.lengths[rows_, None]
+        index = torch.where(present, self.starts[rows_, None] + positions[None, :], 0)
+        return self.vectors[index].float() * present[..., None], present
+
+
 class TeacherSpace:
     """An encoder_head classifier teacher's encoder and head: the space a static student can learn to match.
 
@@ -216,9 +243,9 @@ class TeacherSpace:
         weight, bias = self.head_for(labels)
         return torch.softmax((embeddings @ weight.T + bias) / self.temperature, dim=-1)
 
-    def embeddings_and_tokens(self, texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The teacher's unit-length sentence embeddings [len(texts), dim] and, per text, its contextual token
-        vectors without [CLS] and [SEP] ([tokens, dim], float16: a token per id of the student's featurizer)."""
+    def embeddings_and_tokens(self, texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, TokenVectors]:
+        """The teacher's unit-length sentence embeddings [len(texts), dim] and every text's contextual token
+        vectors without [CLS] and [SEP] (a token per id of the student's featurizer)."""
         from factory.teachers.classifier import load_encoder
 
         encoder = load_encoder(self.encoder)
@@ -228,7 +255,7 @@ class TeacherSpace:
         for out in outputs:  # batches are padded: the attention mask says where each text ends
             length = int(out["attention_mask"].sum())
             tokens.append(out["token_embeddings"][1 : length - 1].detach().cpu().half())
-        return torch.nn.functional.normalize(sentences, dim=-1), tokens
+        return torch.nn.functional.normalize(sentences, dim=-1), TokenVectors.of(tokens)
 
     def embeddings(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """The teacher's sentence embedding of every text, unit length: [len(texts), dim]."""
