@@ -30,6 +30,24 @@ def pytest_terminal_summary(terminalreporter) -> None:
     )
 
 
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Once pytest has reported everything, leave without tearing down Ray's C++ globals when a test made this
+    process a Ray driver: that teardown can crash after a green run ("[ray_log_sink] std::bad_alloc", then a
+    segmentation fault, seen once here; ray-project/ray#37596, #16280 chose _Exit for the same reason)."""
+    if "ray" in sys.modules and _EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[_EXIT_STATUS])
+
+
 def shared_data(*parts: str) -> Path:
     """Path under ../shared/data, or skip the test with a reason where it is absent."""
     path = SHARED_DATA.joinpath(*parts)
