@@ -17,7 +17,7 @@ import copy
 import math
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +190,6 @@ def match_teacher_space(
     batch_size: int,
     seed: int,
     token_targets: TokenVectors | None = None,
-    lengths: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Train embeddings and the map into the teacher's space so that the student's unit vector points where
     the teacher's does (loss: 1 - cosine); keep the epoch with the lowest held-out loss (every epoch without
@@ -211,15 +210,18 @@ def match_teacher_space(
 
     by_tokens = token_targets is not None and net.context is not None
 
+    def cosine_loss(features: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return 1.0 - (features * targets[rows]).sum(-1).mean()
+
     def sentence_loss(rows: list[int]) -> torch.Tensor:
-        return 1.0 - (net.features(ids_for(rows)) * targets[rows]).sum(-1).mean()
+        return cosine_loss(net.features(ids_for(rows)), rows)
 
     def loss_on(rows: list[int]) -> torch.Tensor:
         if not by_tokens:
             return sentence_loss(rows)
         ids = net.clip(ids_for(rows))
         vectors = net.token_vectors(ids)
-        sentence = 1.0 - (net.features_of(vectors, ids) * targets[rows]).sum(-1).mean()
+        sentence = cosine_loss(net.features_of(vectors, ids), rows)
         # a random share of the positions: neighbouring tokens' targets say much the same, at a quarter of the cost
         length = ids.shape[1]
         positions = torch.randperm(length)[: max(1, round(length * TOKEN_MATCH_SHARE))].sort().values
@@ -235,9 +237,9 @@ def match_teacher_space(
     from tqdm.auto import tqdm
 
     for epoch in tqdm(range(epochs), desc="student: matching the teacher's embeddings", unit="epoch", leave=False):
-        if by_tokens and lengths is not None:  # attention's cost grows with the padded length
+        if by_tokens:  # attention's cost grows with the padded length (the teacher has a token per student id)
             generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            batches = length_batches([lengths[r] for r in train_rows], batch_size, generator)
+            batches = length_batches(token_targets.lengths[train_rows].tolist(), batch_size, generator)
             batches = [[train_rows[i] for i in batch] for batch in batches]
         else:
             order = [train_rows[i] for i in epoch_order(len(train_rows), seed, epoch)]
@@ -312,7 +314,6 @@ def train_classifier(config: TrainConfig, version: DatasetVersion, model_dir: Pa
             config.batch_size,
             config.seed,
             token_targets,
-            [len(ids) for ids in features],
         )
         del token_targets  # 400 MB or so on 20,000 texts
         matched.update(match_data_texts=len(extra), copies=len(copies))

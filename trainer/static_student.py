@@ -184,9 +184,6 @@ class TokenVectors:
         lengths = torch.tensor([t.shape[0] for t in per_text], dtype=torch.long)
         return cls(torch.cat(per_text), lengths, torch.cumsum(lengths, 0) - lengths)
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
     def at(self, rows: list[int], positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The vectors of `rows` at token `positions` [P]: ([len(rows), P, dim] float32, [len(rows), P] present),
         zeros where a text has fewer tokens."""
