@@ -50,6 +50,7 @@ from trainer.evaluation import TeacherPredictor, TestSet, evaluate, interval_tex
 from trainer.training import train  # noqa: E402
 
 INSTRUCTION = "Classify this text."
+QUICK_TEST_TEXTS = 2000  # --quick scores at most this many test texts
 console = Console()
 
 
@@ -160,7 +161,9 @@ def load_splits(args: argparse.Namespace) -> tuple[pl.DataFrame, pl.DataFrame]:
     train_split = read_labelled(args.train, args.text_column, args.label_column, **read)
     test_split = read_labelled(args.test, args.text_column, args.label_column, **read)
     train_limit = args.train_limit or (2000 if args.quick else None)
-    test_limit = args.test_limit or (800 if args.quick else None)
+    # scoring is cheap beside training, and ECE over 15 bins needs the rows: a perfectly calibrated model
+    # shows ECE 0.031 on average on 800 SST-2 sentences (0.046 at the 95th percentile), against a 0.05 bar
+    test_limit = args.test_limit or (QUICK_TEST_TEXTS if args.quick else None)
     if train_limit and train_limit < train_split.height:
         train_split = train_split.sample(n=train_limit, seed=0, shuffle=True)
     if test_limit and test_limit < test_split.height:
@@ -177,7 +180,7 @@ def main() -> None:
     parser.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None, help="[default: by suffix]")
     parser.add_argument("--no-header", action="store_true", help="no header row (columns column_0, ...)")
     parser.add_argument("--pool", type=Path, default=None, help="unlabelled texts the teacher labels too")
-    parser.add_argument("--quick", action="store_true", help="at most 2,000 train / 800 test texts, 1 seed")
+    parser.add_argument("--quick", action="store_true", help="at most 2,000 train / 2,000 test texts, 1 seed")
     parser.add_argument("--train-limit", type=int, default=None, help="sample this many train texts")
     parser.add_argument("--test-limit", type=int, default=None, help="sample this many test texts")
     parser.add_argument("--seeds", type=int, default=3, help="student seeds per objective (--quick: 1)")
@@ -324,6 +327,10 @@ def main() -> None:
         f"teacher backend labelling speed: {speed['teacher']:.0f} texts/s vs sentence-transformers encode "
         f"{speed['encode']:.0f} texts/s (ratio {speed['teacher'] / speed['encode']:.3f}, batch 32, same texts)"
     )
+    console.print(
+        f"ECE a perfectly calibrated model with the same confidences reads on these {len(test_split)} test texts "
+        f"(sampling noise alone): KD student {mean('kd', 'ece_floor'):.4f}, teacher {teacher['ece_floor']:.4f}"
+    )
     console.print(f"full report: {work / 'eval-kd-0' / 'evaluation.md'}; total {time.perf_counter() - started:.0f} s")
     kd_f1, hard_f1 = mean("kd", "macro_f1"), mean("hard", "macro_f1")
     print(
@@ -334,6 +341,7 @@ def main() -> None:
         f"latency_ratio={mean('kd', 'latency_ms', 'p50') / teacher['latency_ms']['p50']:.4f} "
         f"kd_ece={mean('kd', 'ece'):.4f} hard_ece={mean('hard', 'ece'):.4f} teacher_ece={teacher['ece']:.4f} "
         f"kd_ece_raw={mean('kd', 'ece_raw'):.4f} teacher_ece_raw={teacher['ece_raw']:.4f} "
+        f"kd_ece_floor={mean('kd', 'ece_floor'):.4f} teacher_ece_floor={teacher['ece_floor']:.4f} "
         f"params_ratio={runs['kd'][0]['parameters'] / teacher['parameters']:.4f} "
         f"labelling_speed_ratio={speed['teacher'] / speed['encode']:.4f} seeds={len(seeds)}"
     )

@@ -20,7 +20,7 @@ PHRASES = {
 }
 RESULT_KEYS = (
     "teacher_f1 head_teacher_f1 kd_f1 hard_f1 f1_ratio hard_f1_ratio latency_ratio kd_ece hard_ece teacher_ece "
-    "params_ratio seeds"
+    "kd_ece_floor params_ratio seeds"
 ).split()
 
 

@@ -312,8 +312,28 @@ def test_ece_is_reported_raw_and_at_the_calibration_temperature(tmp_path, test_f
     assert scores["ece"] != pytest.approx(scores["ece_raw"]) and scores["temperature"] == 3.0
 
     report = evaluate(result.model_dir, test_file, out_dir=tmp_path / "eval", latency_examples=5)
-    assert {"ece", "ece_raw", "calibration_temperature"} <= set(report["student"])
-    assert "ECE raw" in (tmp_path / "eval" / "evaluation.md").read_text()
+    assert {"ece", "ece_raw", "ece_floor", "calibration_temperature"} <= set(report["student"])
+    assert 0 < report["student"]["ece_floor"] < 1
+    markdown = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "ECE raw" in markdown and "ECE floor" in markdown
+
+
+def test_ece_sampling_floor_is_what_a_perfectly_calibrated_model_reads():
+    from math import comb
+
+    from trainer.evaluation import ece_sampling_floor
+
+    assert ece_sampling_floor(np.ones(50)) == 0.0  # sure and always right: no noise
+    # 100 rows at 0.5 share one bin: the floor is E|k/100 - 0.5| for k ~ Binomial(100, 0.5)
+    exact = sum(comb(100, k) * abs(k / 100 - 0.5) for k in range(101)) / 2**100
+    assert ece_sampling_floor(np.full(100, 0.5), draws=4000) == pytest.approx(exact, abs=0.002)
+    # four times the rows, half the noise
+    assert ece_sampling_floor(np.full(400, 0.5), draws=4000) == pytest.approx(exact / 2, abs=0.002)
+    # and it is the mean ECE of outcomes drawn at the stated confidences
+    confidence = np.random.default_rng(1).uniform(0.5, 1.0, 300)
+    draws = np.random.default_rng(2).random((500, 300)) < confidence
+    observed = np.mean([expected_calibration_error(confidence, correct) for correct in draws])
+    assert ece_sampling_floor(confidence) == pytest.approx(observed, rel=0.05)
 
 
 @pytest.mark.slow
