@@ -70,7 +70,7 @@ def eval_command(
         if name in report:
             m = report[name]
             console.print(
-                f"{name}: macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  "
+                f"{name}: macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f} (floor {m['ece_floor']:.4f})  "
                 f"p50 {m['latency_ms']['p50']:.2f} ms  p95 {m['latency_ms']['p95']:.2f} ms  params {m['parameters']}"
             )
     if "ratios" in report:

@@ -612,6 +612,7 @@ def evaluation_table(evaluation: dict[str, Any]) -> Table:
         ("macro-F1", ("macro_f1",)),
         ("accuracy", ("accuracy",)),
         ("expected calibration error", ("ece",)),
+        ("  its floor: a perfectly calibrated model's", ("ece_floor",)),
         ("latency p50 (ms)", ("latency_ms", "p50")),
         ("latency p95 (ms)", ("latency_ms", "p95")),
         ("parameters", ("parameters",)),
