@@ -608,21 +608,21 @@ def evaluation_table(evaluation: dict[str, Any]) -> Table:
         "metric", "student", "teacher", "student / teacher", title="student vs teacher (human-labelled test set)"
     )
     student, teacher = evaluation.get("student", {}), evaluation.get("teacher") or {}
-    rows = [
-        ("macro-F1", ("macro_f1",)),
-        ("accuracy", ("accuracy",)),
-        ("expected calibration error", ("ece",)),
-        ("  its floor: a perfectly calibrated model's", ("ece_floor",)),
-        ("latency p50 (ms)", ("latency_ms", "p50")),
-        ("latency p95 (ms)", ("latency_ms", "p95")),
-        ("parameters", ("parameters",)),
-        ("USD per million predictions", ("usd_per_million",)),
+    rows = [  # (label, keys into each model's report, whether student / teacher means anything)
+        ("macro-F1", ("macro_f1",), True),
+        ("accuracy", ("accuracy",), True),
+        ("expected calibration error", ("ece",), True),
+        ("ECE floor (sampling noise)", ("ece_floor",), False),
+        ("latency p50 (ms)", ("latency_ms", "p50"), True),
+        ("latency p95 (ms)", ("latency_ms", "p95"), True),
+        ("parameters", ("parameters",), True),
+        ("USD per million predictions", ("usd_per_million",), True),
     ]
-    for label, path in rows:
+    for label, path, comparable in rows:
         s, t = _dig(student, path), _dig(teacher, path)
         if s is None:
             continue
-        ratio = f"{s / t:.3f}" if isinstance(t, (int, float)) and t else "-"
+        ratio = f"{s / t:.3f}" if comparable and isinstance(t, (int, float)) and t else "-"
         interval = _dig(evaluation, ("ratios", "f1_interval_95")) if path == ("macro_f1",) else None
         if interval:  # what another test set of this size could show: read the gap against it
             ratio += f" ({interval_text(interval)})"

@@ -257,3 +257,19 @@ def test_partial_failure_publishes_and_the_next_run_retries_only_the_failed(tmp_
         assert flaky.counts["requests"] == len(SEEDS) + len(failing)  # the cache answers the rest
     state = json.loads((tmp_path / "runs" / "resume" / "state.json").read_text())
     assert state["status"] == "finished"
+
+
+def test_evaluation_table_shows_the_ece_floor_without_a_ratio():
+    from rich.console import Console
+
+    from stillhouse.run import evaluation_table
+
+    model = {"macro_f1": 0.8, "accuracy": 0.8, "ece": 0.04, "ece_floor": 0.03, "latency_ms": {"p50": 1.0, "p95": 2.0}}
+    teacher = {**model, "macro_f1": 0.9, "ece_floor": 0.02, "latency_ms": {"p50": 10.0, "p95": 20.0}}
+    console = Console(width=120, record=True)
+    console.print(evaluation_table({"student": model, "teacher": teacher}))
+    lines = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") > 2}
+    assert "0.889" in lines["macro-F1"]  # 0.8 / 0.9
+    assert "1.000" in lines["expected calibration error"]
+    floor = [cell.strip() for cell in lines["ECE floor (sampling noise)"].split("│")[1:-1]]
+    assert floor == ["ECE floor (sampling noise)", "0.03", "0.02", "-"]
